@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vclib-installed
+ARGS ?=
+
+.PHONY: run test test-fast lab venv clean-venv benchmarks
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name vclib --display-name "Python (vclib)" >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run: execute all notebooks on the embedded simulator into results/<run>/ (extra options: ARGS="...")
+run: $(STAMP)
+	$(BIN)/vclib run $(ARGS)
+
+## make test: the whole test suite, notebooks included
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+## make test-fast: everything but the notebook runs
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not notebooks" $(ARGS)
+
+## make lab: JupyterLab on notebooks/ with the vclib kernel
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+benchmarks: $(STAMP)
+	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

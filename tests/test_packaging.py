@@ -1,0 +1,47 @@
+"""The two ways to install (pip/venv and conda) name the same dependencies; notebooks are stripped."""
+
+import json
+import re
+import tomllib
+
+import yaml
+
+from conftest import ROOT
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ \[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_names = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    conda_names = {_name(d) for d in conda} - {"python", "pip"}
+    assert conda_names == pip_names
+    assert "python=3.11" in conda
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ." in pip_section
+
+
+def test_same_version_ranges():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pins = {_name(r): r.strip()[len(_name(r)):] for r in project["dependencies"]}
+    for dep in env["dependencies"]:
+        if isinstance(dep, str) and _name(dep) in pins:
+            assert dep[len(_name(dep)):] == pins[_name(dep)], dep
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert not any(c.get("outputs") for c in code), f"{path.name} has outputs: run nbstripout"
+        assert not any(c.get("execution_count") for c in code), f"{path.name} has execution counts"
+        tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+        assert not any(re.search(r"^\s*(def|class) ", "".join(c["source"]), re.M) for c in code), (
+            f"{path.name} defines a function or class; that belongs in vclib/"
+        )

@@ -1,0 +1,16 @@
+"""vclib: a notebook workbench for testing virtual-cell claims.
+
+``import vclib as vc`` gives the modules: ``vc.schema`` (the data contract), ``vc.loaders`` (read, simulate),
+``vc.pseudobulk``, ``vc.coverage``, ``vc.pl`` (plots) and ``vc.runner`` (run the notebooks with papermill).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("vclib")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+from vclib import coverage, loaders, pl, pseudobulk, runner, schema  # noqa: E402
+
+__all__ = ["coverage", "loaders", "pl", "pseudobulk", "runner", "schema", "__version__"]

@@ -1,0 +1,64 @@
+"""Resolve the notebooks' ``DATASET`` parameter: ``"simulated"`` or a path to an h5ad."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+
+from vclib.loaders._read import read
+from vclib.loaders._simulate import simulate
+from vclib.schema import VclibInputError
+
+SIMULATED = "simulated"
+
+
+def load(
+    dataset: str | Path,
+    *,
+    perturbation_key: str = "perturbation",
+    context_key: str | None = "context",
+    control: str = "control",
+    seed: int | None = 0,
+    small: bool = False,
+    context_divergence: float = 0.3,
+    **options,
+) -> ad.AnnData:
+    """Load the dataset a notebook parameter names.
+
+    Parameters
+    ----------
+    dataset
+        ``"simulated"`` for the embedded simulator, or a path to an ``.h5ad`` file.
+    perturbation_key, context_key, control
+        Your column names and control label (ignored for ``"simulated"``).
+    seed
+        Seed of the simulator.
+    small
+        For ``"simulated"``: a reduced design (fewer genes, cells and perturbations) for quick runs and tests.
+    context_divergence
+        For ``"simulated"``: fraction of regulatory mechanisms that differ between contexts.
+    **options
+        Passed on to :func:`vclib.loaders.simulate` or :func:`vclib.loaders.read`.
+
+    Returns
+    -------
+    AnnData in the data contract.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.load("simulated", small=True)
+    >>> adata.uns["vclib"]["source"]
+    'vclib.loaders.simulate'
+    """
+    if str(dataset) == SIMULATED:
+        size = {"n_perturbations": 16, "n_combinations": 4, "n_genes": 200, "cells_per_condition": 30,
+                "control_cells": 60} if small else {}
+        return simulate(**{**size, **options}, context_divergence=context_divergence, seed=seed)
+    path = Path(dataset)
+    if path.suffix != ".h5ad":
+        raise VclibInputError(
+            f"dataset {str(dataset)!r} is neither {SIMULATED!r} nor a path to an .h5ad file."
+        )
+    return read(path, perturbation_key=perturbation_key, context_key=context_key, control=control, **options)

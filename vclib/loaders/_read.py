@@ -1,0 +1,185 @@
+"""Read a user's h5ad or AnnData into the data contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+from scipy import sparse
+
+from vclib import schema
+from vclib.schema import (
+    CONTEXT_KEY,
+    CONTROL,
+    COUNTS,
+    DEFAULT_CONTEXT,
+    LOG1P,
+    PERTURBATION_KEY,
+    SIGNATURE,
+    TARGET_SUM,
+    VclibInputError,
+)
+
+VALUES = ("auto", COUNTS, LOG1P, "log2p", SIGNATURE)
+
+_REFUSALS = {
+    "log2p": (
+        "X looks like log2(x + 1) of normalised values (as scater's logNormCounts writes), not natural log1p. "
+        "Pass values='log2p' to convert it exactly (log1p(x) = ln(2) * log2(1 + x)), or load raw counts."
+    ),
+    "negative": (
+        "X holds negative values, so it is scaled or centred (e.g. after sc.pp.scale). vclib needs raw counts "
+        "or log1p-normalised expression: pass layer='counts' or the matrix from before scaling."
+    ),
+    "normalised": (
+        "X looks library-size normalised but not log-transformed. Apply sc.pp.log1p first, or load raw counts."
+    ),
+    "unknown": (
+        "X is neither raw counts nor recognisably log1p(normalised) values. If you know it is log1p of "
+        "library-size-normalised expression, pass values='log1p'; otherwise load raw counts (layer=...)."
+    ),
+}
+
+
+def _open(data: str | Path | ad.AnnData, *, backed: bool) -> tuple[ad.AnnData, str]:
+    if isinstance(data, ad.AnnData):
+        return data, "AnnData in memory"
+    path = Path(data)
+    if not path.exists():
+        raise VclibInputError(f"file {str(path)!r} does not exist.")
+    if path.suffix != ".h5ad":
+        raise VclibInputError(
+            f"cannot read {str(path)!r}: vclib reads AnnData .h5ad files (convert other formats with "
+            "scanpy.read_10x_h5 / anndata.read_loom and adata.write_h5ad first)."
+        )
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None), str(path)
+    except Exception as err:  # h5py/anndata raise many types for corrupt files
+        raise VclibInputError(
+            f"cannot read {str(path)!r} as h5ad ({type(err).__name__}: {err}). Is the file complete and "
+            "written by anndata?"
+        ) from err
+
+
+def read(
+    data: str | Path | ad.AnnData,
+    *,
+    perturbation_key: str = PERTURBATION_KEY,
+    context_key: str | None = CONTEXT_KEY,
+    control: str = CONTROL,
+    combination_sep: str = schema.COMBINATION_SEP,
+    layer: str | None = None,
+    values: str = "auto",
+    backed: bool = False,
+) -> ad.AnnData:
+    """Read an h5ad file or AnnData into the vclib data contract, validated.
+
+    The input is never modified: the result is a new AnnData whose obs has the standard ``perturbation`` and
+    ``context`` columns (your original columns are kept), the control written as ``"control"``, combinations
+    as sorted ``"A+B"``, and ``X`` holding log1p-normalised expression. Raw counts are detected, kept in
+    ``layers["counts"]`` and converted with ``sc.pp.normalize_total(target_sum=1e4)`` and ``sc.pp.log1p``.
+
+    Parameters
+    ----------
+    data
+        Path to an ``.h5ad`` file, or an AnnData.
+    perturbation_key
+        obs column with the perturbation of each cell.
+    context_key
+        obs column with the biological context (cell line, cell type, donor). ``None`` if the data has one
+        context; it is then named ``"all"``.
+    control
+        Label of the unperturbed cells in ``perturbation_key`` (e.g. ``"ctrl"``, ``"non-targeting"``).
+    combination_sep
+        Separator of combination labels in your data (e.g. ``"_"``); written as ``"+"`` in the contract.
+    layer
+        Take the expression matrix from this layer instead of ``X`` (e.g. ``"counts"``).
+    values
+        What the matrix holds: ``"auto"`` (detect raw counts or log1p), ``"counts"``, ``"log1p"``,
+        ``"log2p"`` (log2(x+1) normalised values, converted exactly to natural log1p), or ``"signature"``
+        (one response vector per condition, e.g. logFC or gene ranks; NaN allowed, no controls needed).
+    backed
+        Open the file in backed mode (``X`` stays on disk; for files larger than memory). Raw counts are then
+        normalised chunk by chunk by :mod:`vclib.pseudobulk`.
+
+    Returns
+    -------
+    AnnData in the data contract, with ``uns["vclib"]`` recording the source, the keys and what ``X`` held.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> sim = vc.loaders.simulate(n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> counts = sim.copy()
+    >>> counts.X = counts.layers["counts"]
+    >>> adata = vc.loaders.read(counts)
+    >>> adata.uns["vclib"]["found"]
+    'counts'
+    """
+    if values not in VALUES:
+        raise VclibInputError(f"values={values!r} is not one of {', '.join(map(repr, VALUES))}.")
+    source, where = _open(data, backed=backed)
+    keys = [perturbation_key] + ([context_key] if context_key is not None else [])
+    try:
+        schema.check_columns(source.obs, keys)
+    except VclibInputError as err:
+        hint = "" if context_key is None else " (context_key=None if the data has a single context)"
+        raise VclibInputError(f"{err}{hint}") from None
+    if layer is not None and layer not in source.layers:
+        raise VclibInputError(f"layer {layer!r} not found; layers present: {list(source.layers) or '(none)'}.")
+    schema.check_genes(source.var_names)
+
+    obs = source.obs.copy()
+    obs[PERTURBATION_KEY] = obs[perturbation_key]
+    obs[CONTEXT_KEY] = obs[context_key] if context_key is not None else DEFAULT_CONTEXT
+    schema.check_labels(obs)
+    for key in (PERTURBATION_KEY, CONTEXT_KEY):
+        obs[key] = obs[key].astype(str).astype("category").cat.remove_unused_categories()
+
+    matrix = source.layers[layer] if layer is not None else source.X
+    found = SIGNATURE if values == SIGNATURE else schema.detect_values(matrix) if values == "auto" else values
+    schema.check_finite(matrix, allow_nan=found == SIGNATURE, obs_names=source.obs_names)
+    if found != SIGNATURE:
+        schema.check_controls(obs, control=control)
+        if control != CONTROL and CONTROL in obs[PERTURBATION_KEY].cat.categories:
+            raise VclibInputError(
+                f"cells labelled {CONTROL!r} would be mistaken for the control cells (your control label is "
+                f"{control!r}, written {CONTROL!r} in vclib's contract); rename that perturbation first."
+            )
+    labels = obs[PERTURBATION_KEY].cat.categories
+    obs[PERTURBATION_KEY] = obs[PERTURBATION_KEY].map(
+        {x: schema.canonical_label(x, control=control, sep=combination_sep) for x in labels}
+    ).astype("category")
+    if values == "auto" and found not in (COUNTS, LOG1P):
+        raise VclibInputError(_REFUSALS[found])
+
+    info = {"source": where, "found": found, "perturbation_key": perturbation_key,
+            "context_key": context_key or "", "control": control, "layer": layer or "",
+            "values": LOG1P if found != SIGNATURE else SIGNATURE}
+    if backed:
+        if found not in (COUNTS, LOG1P):
+            raise VclibInputError(f"backed mode reads raw counts or log1p values, not {found}; load it in memory.")
+        if layer is not None:
+            raise VclibInputError("backed mode reads X only; pass backed=False to use a layer.")
+        source.obs = obs
+        source.uns["vclib"] = {**info, "values": found}
+        return source
+
+    out = ad.AnnData(
+        X=matrix.copy(), obs=obs, var=source.var.copy(), uns={**source.uns}, obsm=dict(source.obsm),
+        layers={k: v.copy() for k, v in source.layers.items()},
+    )
+    if found == COUNTS:
+        out.layers[COUNTS] = out.X.copy()
+        out.X = out.X.astype(np.float32)
+        sc.pp.normalize_total(out, target_sum=TARGET_SUM)
+        sc.pp.log1p(out)
+    elif found == "log2p":
+        out.X = out.X * np.log(2)
+    if sparse.issparse(out.X):
+        out.X = sparse.csr_matrix(out.X)
+    out.uns["vclib"] = info
+    schema.validate(out)
+    return out

@@ -1,0 +1,230 @@
+"""Pseudobulk: mean log1p expression per condition, and split halves for the noise ceiling.
+
+A condition is one (context, perturbation) pair. The pseudobulk of a condition is the mean of its cells'
+log1p-normalised expression; its *delta* is that minus the same context's control pseudobulk.
+
+Means are computed as a sparse indicator matrix (conditions × cells) times ``X``, so sparse input is never
+densified, and files opened in backed mode are read in row chunks (raw counts are normalised chunk by chunk,
+which is exact because library-size normalisation acts on each cell alone).
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from scipy import sparse
+
+from vclib.schema import (
+    CONTEXT_KEY,
+    CONTROL,
+    COUNTS,
+    LOG1P,
+    PERTURBATION_KEY,
+    TARGET_SUM,
+    VclibInputError,
+    check_columns,
+    condition_id,
+)
+
+CHUNK_SIZE = 10_000
+
+
+def _log1p_block(block, values: str):
+    """A row block of X as log1p-normalised values (normalising raw counts with scanpy)."""
+    if values == COUNTS:
+        tmp = ad.AnnData(sparse.csr_matrix(block, dtype=np.float64) if sparse.issparse(block) else
+                         np.asarray(block, dtype=np.float64))
+        sc.pp.normalize_total(tmp, target_sum=TARGET_SUM)
+        sc.pp.log1p(tmp)
+        return tmp.X
+    return block
+
+
+def group_means(X, codes: np.ndarray, n_groups: int, *, values: str = LOG1P,
+                chunk_size: int = CHUNK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the rows of ``X`` in each group, and the group sizes.
+
+    Parameters
+    ----------
+    X
+        Cells × genes, dense, sparse or backed. Read in row chunks of ``chunk_size``.
+    codes
+        Group index of each row, ``-1`` for rows in no group.
+    n_groups
+        Number of groups.
+    values
+        ``"log1p"`` (use X as is) or ``"counts"`` (normalise and log1p each chunk first).
+
+    Returns
+    -------
+    ``(means, sizes)``: a dense ``n_groups × genes`` float64 array (NaN for empty groups) and the row counts.
+    """
+    sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
+    sizes = np.bincount(codes[codes >= 0], minlength=n_groups)
+    for start in range(0, X.shape[0], chunk_size):
+        stop = min(start + chunk_size, X.shape[0])
+        c = codes[start:stop]
+        keep = np.flatnonzero(c >= 0)
+        if keep.size == 0:
+            continue
+        block = _log1p_block(X[start:stop], values)
+        indicator = sparse.csr_matrix(
+            (np.ones(keep.size), (c[keep], keep)), shape=(n_groups, stop - start)
+        )
+        part = indicator @ block
+        sums += part.toarray() if sparse.issparse(part) else np.asarray(part)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / sizes[:, None]
+    return means, sizes
+
+
+def _conditions(obs: pd.DataFrame, perturbation_key: str, context_key: str) -> tuple[pd.DataFrame, np.ndarray]:
+    check_columns(obs, [perturbation_key, context_key])
+    frame = pd.DataFrame({CONTEXT_KEY: obs[context_key].astype(str).to_numpy(),
+                          PERTURBATION_KEY: obs[perturbation_key].astype(str).to_numpy()})
+    keys = frame[CONTEXT_KEY] + "|" + frame[PERTURBATION_KEY]
+    codes, uniques = pd.factorize(keys, sort=True)
+    table = frame.drop_duplicates().assign(_key=lambda d: d[CONTEXT_KEY] + "|" + d[PERTURBATION_KEY])
+    table = table.set_index("_key").loc[uniques].reset_index(drop=True)
+    return table, codes
+
+
+def pseudobulk(
+    adata: ad.AnnData,
+    *,
+    perturbation_key: str = PERTURBATION_KEY,
+    context_key: str = CONTEXT_KEY,
+    control: str = CONTROL,
+    chunk_size: int = CHUNK_SIZE,
+) -> ad.AnnData:
+    """Mean log1p expression and cell count of every condition, controls included.
+
+    Parameters
+    ----------
+    adata
+        Cells in the data contract (see :func:`vclib.loaders.read`); may be opened in backed mode.
+    perturbation_key, context_key, control
+        Column names and control label (the contract's defaults).
+    chunk_size
+        Rows read at a time from a backed file.
+
+    Returns
+    -------
+    AnnData with one row per condition, index ``"context|perturbation"``, ``X`` the mean log1p expression
+    (dense float64) and obs columns ``context``, ``perturbation``, ``n_cells``, ``is_control``. Rows are sorted
+    by context, then perturbation. ``var`` is a copy of the input's var.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> pb = vc.pseudobulk.pseudobulk(adata)
+    >>> pb.obs.columns.tolist()
+    ['context', 'perturbation', 'n_cells', 'is_control']
+    """
+    table, codes = _conditions(adata.obs, perturbation_key, context_key)
+    values = adata.uns.get("vclib", {}).get("values", LOG1P)
+    means, sizes = group_means(adata.X, codes, len(table), values=values, chunk_size=chunk_size)
+    return _as_anndata(table.assign(n_cells=sizes), means, adata.var, control=control)
+
+
+def _as_anndata(table: pd.DataFrame, means: np.ndarray, var: pd.DataFrame, *, control: str) -> ad.AnnData:
+    table = table.assign(is_control=table[PERTURBATION_KEY] == control)
+    table.index = [condition_id(c, p) for c, p in zip(table[CONTEXT_KEY], table[PERTURBATION_KEY])]
+    table[CONTEXT_KEY] = table[CONTEXT_KEY].astype("category")
+    return ad.AnnData(X=means, obs=table, var=var.copy())
+
+
+def split_halves(
+    adata: ad.AnnData,
+    *,
+    perturbation_key: str = PERTURBATION_KEY,
+    context_key: str = CONTEXT_KEY,
+    control: str = CONTROL,
+    seed: int | None = 0,
+    chunk_size: int = CHUNK_SIZE,
+) -> tuple[ad.AnnData, ad.AnnData]:
+    """Pseudobulks of two disjoint random halves of every condition's cells (for the noise ceiling).
+
+    Each condition's cells are shuffled and split into halves of ``floor(n/2)`` and ``ceil(n/2)`` cells;
+    conditions with fewer than two cells are left out.
+
+    Parameters
+    ----------
+    adata
+        Cells in the data contract; may be opened in backed mode.
+    perturbation_key, context_key, control
+        Column names and control label.
+    seed
+        Seed of the random halves.
+    chunk_size
+        Rows read at a time from a backed file.
+
+    Returns
+    -------
+    Two AnnData objects with the same rows (conditions) as :func:`pseudobulk`, ``n_cells`` counting the half.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> a, b = vc.pseudobulk.split_halves(adata, seed=0)
+    >>> bool((a.obs_names == b.obs_names).all())
+    True
+    """
+    table, codes = _conditions(adata.obs, perturbation_key, context_key)
+    rng = np.random.default_rng(seed)
+    half = np.zeros(codes.size, dtype=np.int64)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    for members in np.split(order, bounds):
+        members = rng.permutation(members)
+        half[members[len(members) // 2 :]] = 1
+    n = len(table)
+    values = adata.uns.get("vclib", {}).get("values", LOG1P)
+    means, sizes = group_means(adata.X, codes * 2 + half, 2 * n, values=values, chunk_size=chunk_size)
+    keep = (sizes[0::2] > 0) & (sizes[1::2] > 0)
+    if not keep.any():
+        raise VclibInputError("no condition has two or more cells, so no condition can be split in halves.")
+    return tuple(
+        _as_anndata(table.assign(n_cells=sizes[h::2])[keep].reset_index(drop=True), means[h::2][keep],
+                    adata.var, control=control)
+        for h in (0, 1)
+    )
+
+
+def deltas(pb: ad.AnnData, *, control: str = CONTROL) -> ad.AnnData:
+    """Each perturbed condition's pseudobulk minus its context's control pseudobulk.
+
+    Parameters
+    ----------
+    pb
+        Output of :func:`pseudobulk` (must hold one control row per context).
+    control
+        The control label.
+
+    Returns
+    -------
+    AnnData of the perturbed conditions only, ``X`` = delta, same obs columns.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> d = vc.pseudobulk.deltas(vc.pseudobulk.pseudobulk(adata))
+    >>> bool(d.obs["is_control"].any())
+    False
+    """
+    obs = pb.obs
+    is_control = obs[PERTURBATION_KEY] == control
+    ctrl = pd.Series(np.flatnonzero(is_control.to_numpy()), index=obs.loc[is_control, CONTEXT_KEY].astype(str))
+    contexts = obs.loc[~is_control, CONTEXT_KEY].astype(str)
+    missing = sorted(set(contexts) - set(ctrl.index))
+    if missing:
+        raise VclibInputError(f"context {missing[0]!r} has no control pseudobulk; deltas need one per context.")
+    X = np.asarray(pb.X)
+    out = pb[~is_control.to_numpy()].copy()
+    out.X = X[~is_control.to_numpy()] - X[ctrl.loc[contexts].to_numpy()]
+    return out

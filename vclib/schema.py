@@ -1,0 +1,296 @@
+"""The data contract: what a vclib AnnData looks like, and the check that it does.
+
+Every function in vclib reads cells through this contract, so it is defined once here:
+
+* ``obs["perturbation"]``: the perturbation of each cell; the unperturbed cells carry :data:`CONTROL`.
+  Combinations are written with :data:`COMBINATION_SEP` and their targets in sorted order (``"A+B"``).
+* ``obs["context"]``: the biological context (cell line, cell type, donor, ...). A dataset without a context
+  column is one context named :data:`DEFAULT_CONTEXT`. Every context has control cells.
+* ``X``: log1p of library-size-normalised expression (``normalize_total(target_sum=1e4)`` then ``log1p``), or,
+  for files opened in backed mode, raw counts that are normalised chunk by chunk when read.
+  Raw counts, when known, are kept in ``layers["counts"]``.
+* ``var_names``: unique gene names.
+* ``uns["vclib"]``: what the loader found and did (``values``, the original keys, ...).
+
+:func:`validate` checks an AnnData against the contract and raises :class:`VclibInputError` naming the
+offending values and the fix. :func:`detect_values` tells what ``X`` holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+PERTURBATION_KEY = "perturbation"
+CONTEXT_KEY = "context"
+CONTROL = "control"
+COMBINATION_SEP = "+"
+DEFAULT_CONTEXT = "all"
+TARGET_SUM = 1e4
+# Values of uns["vclib"]["values"]: what X holds.
+LOG1P = "log1p"
+COUNTS = "counts"
+SIGNATURE = "signature"
+
+
+class VclibInputError(ValueError):
+    """Input that does not fit the data contract; the message names the offending values and the fix."""
+
+
+def condition_id(context: str, perturbation: str) -> str:
+    """The identifier of a condition, ``"context|perturbation"``, used as obs index of pseudobulks.
+
+    Examples
+    --------
+    >>> condition_id("K562", "KLF1+MAP2K6")
+    'K562|KLF1+MAP2K6'
+    """
+    return f"{context}|{perturbation}"
+
+
+def targets(perturbation: str) -> list[str]:
+    """The targets of a perturbation label: ``"A+B"`` gives ``["A", "B"]``, the control gives ``[]``.
+
+    Examples
+    --------
+    >>> targets("KLF1+MAP2K6")
+    ['KLF1', 'MAP2K6']
+    >>> targets("control")
+    []
+    """
+    if perturbation == CONTROL:
+        return []
+    return perturbation.split(COMBINATION_SEP)
+
+
+def canonical_label(label: str, *, control: str, sep: str = COMBINATION_SEP) -> str:
+    """Write a user's perturbation label in the contract: control as :data:`CONTROL`, targets sorted, ``+``.
+
+    Parts equal to the control label are dropped, so GEARS' ``"KLF1+ctrl"`` becomes ``"KLF1"``.
+
+    Examples
+    --------
+    >>> canonical_label("MAP2K6_KLF1", control="ctrl", sep="_")
+    'KLF1+MAP2K6'
+    >>> canonical_label("KLF1+ctrl", control="ctrl")
+    'KLF1'
+    """
+    label = str(label).strip()
+    if label == control:
+        return CONTROL
+    parts = [p.strip() for p in label.split(sep)]
+    parts = sorted({p for p in parts if p and p != control})
+    if not parts:
+        return CONTROL
+    return COMBINATION_SEP.join(parts)
+
+
+def _sample_rows(X, n: int, seed: int = 0) -> np.ndarray:
+    rows = X.shape[0]
+    if rows <= n:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+
+
+def _nonzero_rows(X, rows: np.ndarray) -> list[np.ndarray]:
+    """The non-zero values of some rows of a dense or sparse matrix, one array per row."""
+    block = X[rows]
+    if sparse.issparse(block):
+        block = sparse.csr_matrix(block)
+        return [block.data[block.indptr[i] : block.indptr[i + 1]] for i in range(block.shape[0])]
+    block = np.asarray(block)
+    return [r[r != 0] for r in block]
+
+
+def _multiples_of_smallest(values: list[np.ndarray], transform) -> float:
+    """Fraction of cells whose transformed non-zero values are integer multiples of one unit.
+
+    Library-size normalisation divides a cell's integer counts by one factor, so after undoing the log,
+    every non-zero value of a cell is an integer multiple of the value of one count (the smallest value,
+    or a half or third of it when the cell has no gene with a single count). This holds after gene
+    subsetting too, and fails for any other log base. No library offers this check, hence written here.
+    """
+    hits = 0
+    usable = 0
+    for v in values:
+        if v.size < 3:
+            continue
+        usable += 1
+        u = transform(v.astype(np.float64))
+        for j in (1, 2, 3):
+            ratio = u / (u.min() / j)
+            if ratio.max() < 1e6 and np.mean(np.abs(ratio - np.round(ratio)) < 1e-3 + 1e-6 * ratio) > 0.95:
+                hits += 1
+                break
+    return hits / usable if usable else 0.0
+
+
+def detect_values(X, *, n_cells: int = 200, seed: int = 0) -> str:
+    """Tell what an expression matrix holds, from a sample of its rows.
+
+    Parameters
+    ----------
+    X
+        Dense, sparse or backed (h5py-like) cells × genes matrix.
+    n_cells
+        Number of cells to look at.
+    seed
+        Seed of the row sample.
+
+    Returns
+    -------
+    ``"counts"`` (non-negative integers), ``"log1p"`` (natural log1p of library-size-normalised values),
+    ``"log2p"`` (log2(x + 1) of normalised values, as scater's ``logNormCounts``), ``"negative"`` (scaled or
+    centred), ``"normalised"`` (normalised but not log-transformed), or ``"unknown"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> detect_values(np.array([[0, 1, 3], [2, 0, 5]]))
+    'counts'
+    >>> counts = np.array([[1, 2, 5, 0], [1, 1, 3, 7]])
+    >>> detect_values(np.log1p(counts / counts.sum(1, keepdims=True) * 1e4))
+    'log1p'
+    """
+    values = _nonzero_rows(X, _sample_rows(X, n_cells, seed))
+    flat = np.concatenate(values) if values else np.zeros(0)
+    if flat.size == 0:
+        return "unknown"
+    if np.any(flat < 0):
+        return "negative"
+    if np.allclose(flat, np.round(flat)):
+        return COUNTS
+    if _multiples_of_smallest(values, lambda v: v) > 0.9:
+        return "normalised"
+    if _multiples_of_smallest(values, np.expm1) > 0.9:
+        return LOG1P
+    if _multiples_of_smallest(values, lambda v: np.exp2(v) - 1) > 0.9:
+        return "log2p"
+    return "unknown"
+
+
+def _categories_seen(series: pd.Series, n: int = 12) -> str:
+    seen = pd.unique(series.astype(str))
+    shown = ", ".join(repr(s) for s in seen[:n])
+    return shown + (f", ... ({len(seen)} in all)" if len(seen) > n else "")
+
+
+def check_columns(obs: pd.DataFrame, keys: Iterable[str]) -> None:
+    """Raise if any of ``keys`` is not an obs column, naming the columns that exist."""
+    missing = [k for k in keys if k not in obs.columns]
+    if missing:
+        raise VclibInputError(
+            f"obs has no column {', '.join(repr(k) for k in missing)}; columns present: "
+            f"{', '.join(repr(c) for c in obs.columns) or '(none)'}. Pass the right names with "
+            "perturbation_key= / context_key=."
+        )
+
+
+def check_labels(obs: pd.DataFrame) -> None:
+    for key in (PERTURBATION_KEY, CONTEXT_KEY):
+        col = obs[key]
+        blank = col.isna() | (col.astype(str).str.strip() == "")
+        if blank.any():
+            raise VclibInputError(
+                f"{int(blank.sum())} cells have an empty {key} label (e.g. cells "
+                f"{', '.join(map(repr, obs.index[blank][:3]))}); every cell needs a {key}: label them or drop them."
+            )
+
+
+def check_controls(obs: pd.DataFrame, *, control: str = CONTROL, kind: str = "cells") -> None:
+    """Raise if some context has no cells labelled ``control``, naming the context and the labels seen."""
+    is_control = obs[PERTURBATION_KEY].astype(str) == control
+    contexts = obs[CONTEXT_KEY].astype(str)
+    lacking = sorted(set(contexts) - set(contexts[is_control]))
+    if lacking:
+        ctx = lacking[0]
+        raise VclibInputError(
+            f"context {ctx!r} has no control {kind} (control label {control!r} not found in "
+            f"obs[{PERTURBATION_KEY!r}]; labels seen: {_categories_seen(obs.loc[contexts == ctx, PERTURBATION_KEY])})"
+            + (f"; {len(lacking) - 1} more contexts lack controls" if len(lacking) > 1 else "")
+            + ". Pass the right control= label, or drop that context."
+        )
+
+
+def check_genes(var_names: pd.Index) -> None:
+    """Raise on duplicated gene names, naming them."""
+    dup = var_names[var_names.duplicated()].unique()
+    if len(dup):
+        raise VclibInputError(
+            f"{len(dup)} gene names occur more than once: {', '.join(map(repr, dup[:10]))}. "
+            "Make them unique (adata.var_names_make_unique()) or aggregate the duplicates."
+        )
+
+
+def _iter_row_blocks(X, chunk_size: int = 20_000):
+    for start in range(0, X.shape[0], chunk_size):
+        yield start, X[start : start + chunk_size]
+
+
+def check_finite(X, *, allow_nan: bool = False, obs_names: pd.Index | None = None) -> None:
+    """Raise if ``X`` holds NaN, inf or negative values (chunk by chunk, so backed files work)."""
+    for start, block in _iter_row_blocks(X):
+        data = block.data if sparse.issparse(block) else np.asarray(block)
+        bad = ~np.isfinite(data) if not allow_nan else np.isinf(data)
+        if bad.any():
+            rows = _bad_rows(block, bad, start)
+            names = [str(obs_names[r]) if obs_names is not None else str(r) for r in rows[:3]]
+            raise VclibInputError(
+                f"X holds {'NaN or ' if not allow_nan else ''}infinite values ({int(bad.sum())} entries, "
+                f"e.g. in cells {', '.join(names)}). Remove or re-compute those cells before loading."
+            )
+        if not allow_nan and np.any(data < 0):
+            rows = _bad_rows(block, data < 0, start)
+            names = [str(obs_names[r]) if obs_names is not None else str(r) for r in rows[:3]]
+            raise VclibInputError(
+                f"X holds negative values (e.g. in cells {', '.join(names)}, min {data.min():.3g}). vclib needs "
+                "raw counts or log1p-normalised expression, not scaled/centred data: load the counts layer "
+                "(layer='counts') or the matrix from before sc.pp.scale / regress_out."
+            )
+
+
+def _bad_rows(block, mask: np.ndarray, start: int) -> np.ndarray:
+    if sparse.issparse(block):
+        coo = sparse.coo_matrix(block)
+        return np.unique(coo.row[mask]) + start
+    return np.unique(np.nonzero(mask)[0]) + start
+
+
+def validate(adata: ad.AnnData, *, control: str = CONTROL) -> None:
+    """Check that an AnnData follows the data contract; raise :class:`VclibInputError` if not.
+
+    Checks the obs columns, empty labels, control cells in every context, unique gene names, and, for cells,
+    that ``X`` is finite, non-negative and log1p-normalised (or counts, for backed files). Nothing is modified.
+
+    Parameters
+    ----------
+    adata
+        AnnData as returned by :func:`vclib.loaders.read`.
+    control
+        The control label.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> vc.schema.validate(adata)
+    """
+    check_columns(adata.obs, [PERTURBATION_KEY, CONTEXT_KEY])
+    check_labels(adata.obs)
+    check_genes(adata.var_names)
+    values = adata.uns.get("vclib", {}).get("values", LOG1P)
+    if values == SIGNATURE:
+        check_finite(adata.X, allow_nan=True, obs_names=adata.obs_names)
+        return
+    check_controls(adata.obs, control=control)
+    check_finite(adata.X, obs_names=adata.obs_names)
+    found = detect_values(adata.X)
+    if found != values:
+        raise VclibInputError(
+            f"X should hold {values} but looks like {found}. Load the data with vclib.loaders.read(), which "
+            "detects raw counts and converts them, instead of changing X afterwards."
+        )
