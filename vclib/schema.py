@@ -120,7 +120,8 @@ def _multiples_of_smallest(values: list[np.ndarray], transform) -> float:
         if v.size < 3:
             continue
         usable += 1
-        u = transform(v.astype(np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):
+            u = transform(v.astype(np.float64))
         for j in (1, 2, 3):
             ratio = u / (u.min() / j)
             if ratio.max() < 1e6 and np.mean(np.abs(ratio - np.round(ratio)) < 1e-3 + 1e-6 * ratio) > 0.95:
