@@ -2,10 +2,9 @@
 
 import json
 import re
+
 import tomllib
-
 import yaml
-
 from conftest import ROOT
 
 

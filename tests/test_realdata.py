@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import REAL_DATA, real_file
 
 import vclib as vc
-from conftest import REAL_DATA, real_file
 
 pytestmark = pytest.mark.realdata
 

@@ -72,7 +72,7 @@ def test_truth_matches_monte_carlo_expectation():
     eta = rng.normal(0, 1.5, (2, 60))
     truth = _expected_log1p(eta, library_size=3000, library_sd=0.3, dispersion=5)
     n = 100_000
-    for row, expected in zip(eta, truth):
+    for row, expected in zip(eta, truth, strict=True):
         p = np.exp(row - row.max())
         p /= p.sum()
         size = 3000 * np.exp(rng.normal(-0.045, 0.3, n))

@@ -132,7 +132,7 @@ def pseudobulk(
 
 def _as_anndata(table: pd.DataFrame, means: np.ndarray, var: pd.DataFrame, *, control: str) -> ad.AnnData:
     table = table.assign(is_control=table[PERTURBATION_KEY] == control)
-    table.index = [condition_id(c, p) for c, p in zip(table[CONTEXT_KEY], table[PERTURBATION_KEY])]
+    table.index = [condition_id(c, p) for c, p in zip(table[CONTEXT_KEY], table[PERTURBATION_KEY], strict=True)]
     table[CONTEXT_KEY] = table[CONTEXT_KEY].astype("category")
     return ad.AnnData(X=means, obs=table, var=var.copy())
 

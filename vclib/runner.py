@@ -150,7 +150,7 @@ def run(
         own = {k: v for k, v in parameters.items() if k in declared[path.name]}
         if "RESULTS_DIR" in declared[path.name]:
             own["RESULTS_DIR"] = str(run_dir.resolve())
-        partial = run_dir / f".{path.name}.partial"
+        partial = run_dir / f".partial-{path.name}"
         pm.execute_notebook(str(path), str(partial), parameters=own, cwd=str(path.parent),
                             kernel_name=kernel_name, progress_bar=progress)
         partial.rename(out)  # the notebook counts as done only once it ran to the end

@@ -5,8 +5,8 @@
 * :func:`load`: a dataset by name (``"simulated"``) or path, as the notebooks' ``DATASET`` parameter takes it.
 """
 
+from vclib.loaders._load import load
 from vclib.loaders._read import read
 from vclib.loaders._simulate import simulate
-from vclib.loaders._load import load
 
 __all__ = ["read", "simulate", "load"]

@@ -63,7 +63,7 @@ def _expected_log1p(eta, *, library_size, library_sd, dispersion, n_nodes=7, n_g
     weights = weights / weights.sum()
     sizes = library_size * np.exp(library_sd * nodes - library_sd**2 / 2)
     out = np.zeros_like(p)
-    for size, w in zip(sizes, weights):
+    for size, w in zip(sizes, weights, strict=True):
         m = p * size
         grid = np.geomspace(1e-5, m.max() * 1.01, n_grid)
         q = dispersion / (dispersion + grid)
@@ -195,7 +195,7 @@ def simulate(
             rows.append((c, p))
 
     measured = []
-    for i, c in enumerate(contexts):
+    for i in range(len(contexts)):
         keep = set(perturbations) if i == 0 else {CONTROL} | set(
             rng.choice(perturbations[1:], int(round(coverage * (len(perturbations) - 1))), replace=False)
         )
@@ -207,7 +207,7 @@ def simulate(
     prob /= prob.sum(axis=1, keepdims=True)
     library_sd = 0.3
     counts, obs = [], []
-    for (c, p), is_measured, pr in zip(rows, measured, prob):
+    for (c, p), is_measured, pr in zip(rows, measured, prob, strict=True):
         if not is_measured:
             continue
         n = control_cells if p == CONTROL else cells_per_condition
