@@ -11,6 +11,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-from vclib import coverage, loaders, pl, pseudobulk, runner, schema  # noqa: E402
+from vclib import coverage, loaders, metrics, pl, pseudobulk, runner, schema  # noqa: E402
 
-__all__ = ["coverage", "loaders", "pl", "pseudobulk", "runner", "schema", "__version__"]
+__all__ = ["coverage", "loaders", "metrics", "pl", "pseudobulk", "runner", "schema", "__version__"]

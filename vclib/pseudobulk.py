@@ -137,6 +137,40 @@ def _as_anndata(table: pd.DataFrame, means: np.ndarray, var: pd.DataFrame, *, co
     return ad.AnnData(X=means, obs=table, var=var.copy())
 
 
+def _halves(codes: np.ndarray, seed: int | None) -> np.ndarray:
+    """0/1 per cell: each group's cells shuffled, the first floor(n/2) in half 0."""
+    rng = np.random.default_rng(seed)
+    half = np.zeros(codes.size, dtype=np.int64)
+    order = np.argsort(codes, kind="stable")
+    for members in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1):
+        members = rng.permutation(members)
+        half[members[len(members) // 2 :]] = 1
+    return half
+
+
+def half_labels(
+    adata: ad.AnnData,
+    *,
+    perturbation_key: str = PERTURBATION_KEY,
+    context_key: str = CONTEXT_KEY,
+    seed: int | None = 0,
+) -> np.ndarray:
+    """Assign every cell to half 0 or 1, splitting each condition's cells at random into two disjoint halves.
+
+    The same assignment :func:`split_halves` uses for the same seed; use it to split cells themselves (e.g.
+    for a cell-level noise ceiling).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> half = vc.pseudobulk.half_labels(adata, seed=0)
+    >>> int(half.sum()), adata.n_obs
+    (290, 580)
+    """
+    return _halves(_conditions(adata.obs, perturbation_key, context_key)[1], seed)
+
+
 def split_halves(
     adata: ad.AnnData,
     *,
@@ -175,13 +209,7 @@ def split_halves(
     True
     """
     table, codes = _conditions(adata.obs, perturbation_key, context_key)
-    rng = np.random.default_rng(seed)
-    half = np.zeros(codes.size, dtype=np.int64)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    for members in np.split(order, bounds):
-        members = rng.permutation(members)
-        half[members[len(members) // 2 :]] = 1
+    half = _halves(codes, seed)
     n = len(table)
     values = adata.uns.get("vclib", {}).get("values", LOG1P)
     means, sizes = group_means(adata.X, codes * 2 + half, 2 * n, values=values, chunk_size=chunk_size)
