@@ -33,7 +33,7 @@ class Metric:
 
     name: str
     higher_is_better: bool
-    perfect: float
+    perfect: float | None  # value of a perfect prediction (None: data-dependent)
     constant: float | None  # value of a predictor that gives every perturbation the same answer (None: data-dependent)
     description: str
     # How a split-half ceiling is brought to full size (ceiling(full_size=True)): "spearman_brown" 2r/(1+r) for
@@ -68,8 +68,9 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in [
            "observed sign"),
     Metric("de_spearman_lfc_sig", True, 1.0, None, "Spearman of predicted vs observed lfc on observed DE genes",
            "spearman_brown"),
-    Metric("hit_rate_at_k", True, 1.0, None, "one row per context: fraction of the k perturbations with the "
-           "largest predicted effect that are real hits (>= hit_min_de observed DE genes)"),
+    Metric("hit_rate_at_k", True, None, None, "one row per context: fraction of the k perturbations with the "
+           "largest predicted effect (L2 norm of the delta) that are real hits (>= hit_min_de observed DE genes); "
+           "at most min(k, hits) / k"),
 ]}
 DE_METRICS = ("pearson_delta_top_de", "overlap_at_N", "precision_at_N", "de_direction_match",
               "de_spearman_lfc_sig", "hit_rate_at_k")
@@ -276,7 +277,7 @@ def evaluate(
         if "rank" in metrics:
             values["rank"][rows] = fn.rank_metric(dP[rows], dO[rows], distance="l1")
 
-    table = _long(names, contexts, perts, values)
+    table = _long(contexts, perts, values)
     if any(m in DE_METRICS for m in metrics):
         table = pd.concat([table, _de_metrics(
             pred, obs, pred_pb, names, metrics, pred_ctrl=pred_ctrl, dP=dP, dO=dO, fdr=fdr, epsilon=epsilon,
@@ -339,11 +340,15 @@ def _excluded_genes(perts, exclude, gene_index) -> list | None:
     return [panel] * len(perts)
 
 
-def _long(names, contexts, perts, values: dict[str, np.ndarray]) -> pd.DataFrame:
-    frames = [pd.DataFrame({CONTEXT_KEY: contexts, PERTURBATION_KEY: perts, "metric": m, "value": v})
-              for m, v in values.items()]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=[CONTEXT_KEY, PERTURBATION_KEY, "metric", "value"])
+def _long(contexts, perts, values: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Long table from per-row arrays, one block of rows per metric."""
+    names = list(values)
+    return pd.DataFrame({
+        CONTEXT_KEY: np.tile(np.asarray(contexts, dtype=object), len(names)),
+        PERTURBATION_KEY: np.tile(np.asarray(perts, dtype=object), len(names)),
+        "metric": np.repeat(np.asarray(names, dtype=object), len(contexts)),
+        "value": np.concatenate([values[m] for m in names]).astype(np.float64) if names else np.zeros(0),
+    })
 
 
 def _top_abs(lfc: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -388,12 +393,12 @@ def _de_metrics(pred, obs, pred_pb, names, metrics, *, pred_ctrl, dP, dO, fdr, e
         values["de_direction_match"] = fn.de_direction(pred_lfc, obs_de.lfc, obs_sig)
     if "de_spearman_lfc_sig" in metrics:
         values["de_spearman_lfc_sig"] = fn.de_spearman(pred_lfc, obs_de.lfc, obs_sig)
-    table = _long(names, contexts, perts, values)
+    table = _long(contexts, perts, values)
     if "hit_rate_at_k" in metrics:
         effect = np.linalg.norm(dP, axis=1)
         hits = obs_sig.sum(axis=1) >= hit_min_de
-        rows = [{CONTEXT_KEY: c, PERTURBATION_KEY: ALL_CONDITIONS, "metric": "hit_rate_at_k",
-                 "value": fn.hit_rate_at_k(effect[contexts == c], hits[contexts == c], k=hit_k)}
-                for c in np.unique(contexts)]
-        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+        per_context = np.unique(contexts)
+        rates = np.array([fn.hit_rate_at_k(effect[contexts == c], hits[contexts == c], k=hit_k) for c in per_context])
+        table = pd.concat([table, _long(per_context, [ALL_CONDITIONS] * len(per_context), {"hit_rate_at_k": rates})],
+                          ignore_index=True)
     return table

@@ -1,0 +1,325 @@
+"""Parity of ``vclib.metrics.evaluate`` with cell-eval 0.8.2 on the same prediction/observation pairs.
+
+Both tools get the same two h5ad files in cell-eval's layout (obs ``target_gene``, control ``non-targeting``,
+CSR without explicit zeros, no unused categories, the same genes in the same order, log1p values). vclib is
+configured as cell-eval: ``predicted_control="predicted"`` (the prediction's own control cells on the predicted
+side), ``ties="position"`` (PDS ties broken by row order, score 1 - r/N), ``epsilon=0`` (lfc pseudocount),
+``exclude="own"`` and ``context_key=None``. cell-eval runs through its CLI (``cell-eval run --profile full``).
+
+Pairs:
+
+* ``sim-seed``: simulator, one context, 25 perturbations x 300 genes, 50 cells each; prediction = a second draw
+  of the same design with another seed (unrelated effects, metrics near chance).
+* ``sim-thinned``: simulator with 5 combinations; prediction = the observed counts binomially thinned to half
+  and renormalised (related, noisier).
+* ``norman``: the Norman 2019 part of ``../shared/real-data/perturbench_devel_norman19_mcfaline23/devel.h5ad``;
+  each condition's cells (control included) split at random into two halves, one the prediction, the other the
+  observation.
+
+For every pair the script prints, per metric shared by ``results.csv`` and vclib, the maximum
+``|cell-eval - vclib|`` over perturbations (NaN vs NaN counts as equal, NaN vs a number as inf) and whether it
+is within 1e-6, plus the wall time of each side. Target: every shared metric within 1e-6. When a DE-based
+metric differs, it compares the DE tables (p, FDR, lfc, significance calls) and re-scores with vclib's metric
+functions on cell-eval's tables, swapping one input at a time, to name the input that causes the difference.
+
+cell-eval is found through the environment variable ``CELL_EVAL``, else ``cell-eval`` on PATH, else
+``/work/celleval-venv/bin/cell-eval``; without it only the vclib side runs.
+
+Usage: ``python benchmarks/parity_cell_eval.py [--threads 2] [--keep DIR]``.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from scipy import sparse
+
+import vclib as vc
+from vclib.metrics import _functions as fn  # array-level metric functions for the diagnostics
+
+TOL = 1e-6
+PERT_COL = "target_gene"
+CONTROL = "non-targeting"
+FDR = 0.05
+FALLBACK_CELL_EVAL = "/work/celleval-venv/bin/cell-eval"
+NORMAN = Path(__file__).resolve().parents[1] / ".." / "shared" / "real-data" / \
+    "perturbench_devel_norman19_mcfaline23" / "devel.h5ad"
+MAIN_METRICS = ["pearson_delta", "mse", "mae", "discrimination_score_l1", "overlap_at_N", "precision_at_N",
+                "de_direction_match", "de_spearman_lfc_sig"]
+DE_BASED = {"overlap_at_N", "precision_at_N", "de_direction_match", "de_spearman_lfc_sig"}
+VCLIB_OPTIONS = dict(perturbation_key=PERT_COL, context_key=None, control=CONTROL, predicted_control="predicted",
+                     ties="position", epsilon=0.0, exclude="own")
+
+
+def find_cell_eval() -> str | None:
+    """Path of the cell-eval executable, or None."""
+    for candidate in (os.environ.get("CELL_EVAL"), shutil.which("cell-eval")):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return FALLBACK_CELL_EVAL if os.access(FALLBACK_CELL_EVAL, os.X_OK) else None
+
+
+# ---------------------------------------------------------------------------------------------- building pairs
+
+def cell_eval_layout(X, labels, obs_names, var_names, dtype) -> ad.AnnData:
+    """An AnnData cell-eval 0.8.2 accepts: CSR without explicit zeros, categorical labels without unused ones."""
+    X = sparse.csr_matrix(X, dtype=dtype)
+    X.eliminate_zeros()
+    X.sort_indices()
+    frac = np.abs(X.data - np.round(X.data))
+    if not (frac > 1e-3).any():
+        raise ValueError("X is integer-valued; cell-eval would renormalise it in place.")
+    labels = np.where(np.asarray(labels, dtype=str) == vc.schema.CONTROL, CONTROL, np.asarray(labels, dtype=str))
+    obs = pd.DataFrame({PERT_COL: pd.Categorical(labels)}, index=pd.Index(obs_names, dtype=str))
+    obs[PERT_COL] = obs[PERT_COL].cat.remove_unused_categories()
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(var_names, dtype=str)))
+
+
+def from_contract(adata: ad.AnnData, dtype=np.float32) -> ad.AnnData:
+    return cell_eval_layout(adata.X, adata.obs["perturbation"], adata.obs_names, adata.var_names, dtype)
+
+
+def sim_seed_pair() -> tuple[ad.AnnData, ad.AnnData]:
+    """Observation and an independent second draw of the same design (same genes and perturbations)."""
+    design = dict(n_contexts=1, n_perturbations=25, n_combinations=0, n_genes=300, cells_per_condition=50,
+                  control_cells=200)
+    return from_contract(vc.loaders.simulate(**design, seed=2)), from_contract(vc.loaders.simulate(**design, seed=1))
+
+
+def sim_thinned_pair() -> tuple[ad.AnnData, ad.AnnData]:
+    """Observation, and its counts binomially thinned to half, renormalised and log1p'd (with 5 combinations)."""
+    real = vc.loaders.simulate(n_contexts=1, n_perturbations=25, n_combinations=5, n_genes=300,
+                               cells_per_condition=50, control_cells=200, seed=3)
+    counts = sparse.csr_matrix(real.layers["counts"])
+    thinned = counts.copy()
+    thinned.data = np.random.default_rng(4).binomial(counts.data.astype(np.int64), 0.5).astype(np.float32)
+    thinned.eliminate_zeros()
+    pred = ad.AnnData(X=thinned, obs=real.obs.copy(), var=real.var.copy())
+    sc.pp.normalize_total(pred, target_sum=1e4)
+    sc.pp.log1p(pred)
+    return from_contract(pred), from_contract(real)
+
+
+def norman_pair(seed: int = 0) -> tuple[ad.AnnData, ad.AnnData] | None:
+    """Two random halves of each Norman condition (control included): (prediction, observation)."""
+    if not NORMAN.exists():
+        return None
+    full = vc.loaders.read(NORMAN, perturbation_key="condition", context_key="cell_type", control="control")
+    norman = full[full.obs["dataset"] == "norman19"]
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for _, rows in norman.obs.groupby("perturbation", observed=True).indices.items():
+        rows = rng.permutation(rows)
+        first.append(rows[: rows.size // 2])
+        second.append(rows[rows.size // 2:])
+    pred, real = (norman[np.sort(np.concatenate(part))] for part in (first, second))
+    # The file holds float64 log1p values; keep float64 so both sides see the stored numbers.
+    return from_contract(pred, np.float64), from_contract(real, np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+def run_cell_eval(exe: str, pred_path: Path, real_path: Path, outdir: Path, threads: int):
+    """cell-eval's results.csv (indexed by perturbation) and the wall time of the CLI process."""
+    cmd = [exe, "run", "-ap", str(pred_path), "-ar", str(real_path), "--pert-col", PERT_COL, "--control-pert",
+           CONTROL, "--profile", "full", "--num-threads", str(threads), "-o", str(outdir)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    (outdir / "cell_eval.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cell-eval failed (rc {proc.returncode}); last lines:\n{proc.stderr[-2000:]}")
+    results = pd.read_csv(outdir / "results.csv").set_index("perturbation")
+    return results, elapsed
+
+
+def run_vclib(pred: ad.AnnData, real: ad.AnnData):
+    """vclib's evaluate as a perturbation x metric table and its wall time."""
+    start = time.perf_counter()
+    table = vc.metrics.evaluate(pred, real, **VCLIB_OPTIONS)
+    elapsed = time.perf_counter() - start
+    wide = table[table["perturbation"] != "*"].pivot(index="perturbation", columns="metric", values="value")
+    return wide, elapsed
+
+
+# ---------------------------------------------------------------------------------------------- comparing
+
+def max_abs_diff(a, b) -> tuple[float, int]:
+    """Max |a - b| with NaN == NaN and NaN vs a number = inf; and how many entries differ by more than TOL."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    same_inf = np.isinf(a) & (a == b)
+    with np.errstate(invalid="ignore"):
+        d = np.where(both_nan | same_inf, 0.0, np.abs(a - b))
+    d = np.where(np.isnan(d), np.inf, d)
+    return (float(d.max()) if d.size else 0.0), int((d > TOL).sum())
+
+
+def comparison_table(ce: pd.DataFrame, vcl: pd.DataFrame) -> pd.DataFrame:
+    perts = ce.index.astype(str)
+    missing = sorted(set(perts) ^ set(vcl.index.astype(str)))
+    if missing:
+        raise RuntimeError(f"perturbation sets differ between the tools: {missing[:10]}")
+    shared = [m for m in MAIN_METRICS if m in ce.columns and m in vcl.columns]
+    shared += sorted((set(ce.columns) & set(vcl.columns)) - set(shared))
+    rows = []
+    for m in shared:
+        diff, n_bad = max_abs_diff(ce.loc[perts, m], vcl.loc[perts, m])
+        rows.append({"metric": m, "max_abs_diff": diff, "within_tol": diff <= TOL,
+                     "n_differ": f"{n_bad}/{len(perts)}", "extra": m not in MAIN_METRICS})
+    return pd.DataFrame(rows)
+
+
+def print_table(table: pd.DataFrame) -> None:
+    print(f"  {'metric':<28} {'max |cell-eval - vclib|':>24}  {'<= 1e-6':<8} {'perts > 1e-6':>12}")
+    for r in table.itertuples(index=False):
+        name = r.metric + (" (extra)" if r.extra else "")
+        print(f"  {name:<28} {r.max_abs_diff:>24.3g}  {'yes' if r.within_tol else 'NO':<8} {r.n_differ:>12}")
+
+
+# ---------------------------------------------------------------------------------------------- DE diagnostics
+
+def cell_eval_de(path: Path, perts: list[str], genes: pd.Index) -> dict[str, np.ndarray]:
+    """cell-eval's DE table as perturbation x gene matrices in the float32 cell-eval uses for the metrics."""
+    de = pd.read_csv(path)
+    out = {}
+    for col in ("log2_fold_change", "fdr", "p_value"):
+        wide = de.pivot(index="target", columns="feature", values=col)
+        out[col] = wide.loc[perts, genes].to_numpy(dtype=np.float64)
+    return out
+
+
+def vclib_de(adata: ad.AnnData, perts: list[str]) -> dict[str, np.ndarray]:
+    contract = vc.loaders.read(adata, perturbation_key=PERT_COL, context_key=None, control=CONTROL)
+    de = vc.metrics.rank_genes(contract, epsilon=0.0).subset([f"{vc.schema.DEFAULT_CONTEXT}|{p}" for p in perts])
+    return {"log2_fold_change": de.lfc, "fdr": de.fdr, "p_value": de.pvalue}
+
+
+def de_metric_values(pred: dict, real: dict) -> dict[str, np.ndarray]:
+    """The four DE metrics from two DE tables with vclib's array functions (cell-eval's definitions)."""
+    sig_r = real["fdr"].astype(np.float32) < np.float32(FDR)
+    sig_p = pred["fdr"].astype(np.float32) < np.float32(FDR)
+    lr, lp = real["log2_fold_change"], pred["log2_fold_change"]
+    return {"overlap_at_N": fn.de_overlap(lp, sig_p, lr, sig_r), "precision_at_N": fn.de_precision(lp, sig_p, lr, sig_r),
+            "de_direction_match": fn.de_direction(lp, lr, sig_r), "de_spearman_lfc_sig": fn.de_spearman(lp, lr, sig_r)}
+
+
+def compare_de_tables(side: str, ce: dict, vcl: dict) -> None:
+    p_diff, _ = max_abs_diff(ce["p_value"], vcl["p_value"])
+    fdr_diff, _ = max_abs_diff(ce["fdr"], vcl["fdr"])
+    flips = int(((ce["fdr"].astype(np.float32) < FDR) != (vcl["fdr"].astype(np.float32) < FDR)).sum())
+    a, b = ce["log2_fold_change"], vcl["log2_fold_change"]
+    finite = np.isfinite(a) & np.isfinite(b)
+    lfc_diff = float(np.abs(a - b)[finite].max()) if finite.any() else 0.0
+    f32_mismatch = int((a.astype(np.float32) != b.astype(np.float32)).sum())
+    sign_mismatch = int((np.sign(a) != np.sign(b)).sum())
+    inf_mismatch = int((np.isinf(a) != np.isinf(b)).sum())
+    print(f"    {side:<5} DE: max|dp| {p_diff:.2g}, max|dfdr| {fdr_diff:.2g}, significance flips {flips}; "
+          f"max|dlfc| (finite) {lfc_diff:.2g}, float32 lfc mismatches {f32_mismatch}/{a.size}, "
+          f"sign mismatches {sign_mismatch}, inf mismatches {inf_mismatch}")
+
+
+def explain_de(ce_results: pd.DataFrame, outdir: Path, pred: ad.AnnData, real: ad.AnnData, bad: list[str]) -> None:
+    """Locate the cause of differing DE metrics by swapping DE inputs between the two engines."""
+    perts = [str(p) for p in ce_results.index]
+    genes = real.var_names
+    ce = {"real": cell_eval_de(outdir / "real_de.csv", perts, genes),
+          "pred": cell_eval_de(outdir / "pred_de.csv", perts, genes)}
+    vcl = {"real": vclib_de(real, perts), "pred": vclib_de(pred, perts)}
+    print("  DE diagnostics (cell-eval/pdex tables vs vc.metrics.rank_genes with epsilon=0):")
+    for side in ("real", "pred"):
+        compare_de_tables(side, ce[side], vcl[side])
+
+    def mixed(lfc_from: str, fdr_from: str) -> tuple[dict, dict]:
+        src = {"cell-eval": ce, "vclib": vcl}
+        return tuple({"log2_fold_change": src[lfc_from][s]["log2_fold_change"], "fdr": src[fdr_from][s]["fdr"]}
+                     for s in ("pred", "real"))
+
+    print(f"    re-scored with vclib's metric functions; max |cell-eval results.csv - re-score| for {', '.join(bad)}:")
+    for lfc_from, fdr_from in (("cell-eval", "cell-eval"), ("vclib", "cell-eval"), ("cell-eval", "vclib"),
+                               ("vclib", "vclib")):
+        values = de_metric_values(*mixed(lfc_from, fdr_from))
+        diffs = ", ".join(f"{m} {max_abs_diff(ce_results[m], values[m])[0]:.3g}" for m in bad)
+        print(f"      lfc from {lfc_from:<9}, fdr from {fdr_from:<9}: {diffs}")
+
+
+def explain_pds(pred: ad.AnnData, real: ad.AnnData, ce_results: pd.DataFrame) -> None:
+    """Re-score PDS L1 with cell-eval's exclusion rule (only the gene named exactly like the label)."""
+    genes = {g: i for i, g in enumerate(real.var_names)}
+
+    def deltas(adata):
+        pb = vc.pseudobulk.pseudobulk(vc.loaders.read(adata, perturbation_key=PERT_COL, context_key=None,
+                                                      control=CONTROL))
+        ctrl = pb[pb.obs["is_control"]].X
+        return pb[~pb.obs["is_control"].to_numpy()], np.asarray(pb[~pb.obs["is_control"].to_numpy()].X) - ctrl
+
+    pb, d_pred = deltas(pred)
+    _, d_real = deltas(real)
+    perts = pb.obs["perturbation"].astype(str).tolist()
+    label_rule = [[genes[p]] if p in genes else [] for p in perts]
+    own_rule = [[genes[t] for t in p.split("+") if t in genes] for p in perts]
+    for name, rule in (("label == gene (cell-eval)", label_rule), ("each target ('own')", own_rule)):
+        score = fn.discrimination_score(d_pred, d_real, distance="l1", exclude=rule, ties="position")
+        diff, n_bad = max_abs_diff(ce_results.loc[perts, "discrimination_score_l1"], score)
+        print(f"    PDS L1 excluding {name:<26}: max diff {diff:.3g} ({n_bad} perts)")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def run_pair(name: str, pred: ad.AnnData, real: ad.AnnData, exe: str | None, workdir: Path, threads: int) -> None:
+    n_perts = real.obs[PERT_COL].nunique() - 1
+    print(f"\n=== {name}: {real.n_obs} observed / {pred.n_obs} predicted cells x {real.n_vars} genes, "
+          f"{n_perts} perturbations, X {real.X.dtype}")
+    vcl, t_vc = run_vclib(pred, real)
+    print(f"  vclib evaluate (all metrics, DE of both sides inside): {t_vc:.2f} s")
+    if exe is None:
+        print("  cell-eval not installed (set CELL_EVAL or put cell-eval on PATH): vclib side only.")
+        return
+    outdir = workdir / name
+    outdir.mkdir(parents=True, exist_ok=True)
+    pred_path, real_path = outdir / "pred.h5ad", outdir / "real.h5ad"
+    pred.write_h5ad(pred_path)
+    real.write_h5ad(real_path)
+    ce, t_ce = run_cell_eval(exe, pred_path, real_path, outdir, threads)
+    print(f"  cell-eval run --profile full (CLI process incl. startup and numba JIT): {t_ce:.2f} s")
+    table = comparison_table(ce, vcl)
+    print_table(table)
+    bad = table.loc[~table["within_tol"], "metric"].tolist()
+    if not bad:
+        print("  all shared metrics within 1e-6.")
+        return
+    if any(m in DE_BASED for m in bad):
+        explain_de(ce, outdir, pred, real, [m for m in bad if m in DE_BASED])
+    if "discrimination_score_l1" in bad:
+        explain_pds(pred, real, ce)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="cell-eval --num-threads")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the files and cell-eval outputs here")
+    args = parser.parse_args()
+    exe = find_cell_eval()
+    print(f"cell-eval: {exe or 'not found'}; vclib options: {VCLIB_OPTIONS}")
+    pairs = [("sim-seed", sim_seed_pair), ("sim-thinned", sim_thinned_pair), ("norman", norman_pair)]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.keep or Path(tmp)
+        for name, build in pairs:
+            pair = build()
+            if pair is None:
+                print(f"\n=== {name}: skipped, {NORMAN} not found.")
+                continue
+            run_pair(name, *pair, exe, workdir, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
