@@ -25,7 +25,7 @@ functions on cell-eval's tables, swapping one input at a time, to name the input
 cell-eval is found through the environment variable ``CELL_EVAL``, else ``cell-eval`` on PATH, else
 ``/work/celleval-venv/bin/cell-eval``; without it only the vclib side runs.
 
-Usage: ``python benchmarks/parity_cell_eval.py [--threads 2] [--keep DIR]``.
+Usage: ``python benchmarks/parity_cell_eval.py [--threads 2] [--keep DIR] [--diagnose]``.
 """
 
 import argparse
@@ -209,8 +209,10 @@ def de_metric_values(pred: dict, real: dict) -> dict[str, np.ndarray]:
     sig_r = real["fdr"].astype(np.float32) < np.float32(FDR)
     sig_p = pred["fdr"].astype(np.float32) < np.float32(FDR)
     lr, lp = real["log2_fold_change"], pred["log2_fold_change"]
-    return {"overlap_at_N": fn.de_overlap(lp, sig_p, lr, sig_r), "precision_at_N": fn.de_precision(lp, sig_p, lr, sig_r),
-            "de_direction_match": fn.de_direction(lp, lr, sig_r), "de_spearman_lfc_sig": fn.de_spearman(lp, lr, sig_r)}
+    return {"overlap_at_N": fn.de_overlap(lp, sig_p, lr, sig_r),
+            "precision_at_N": fn.de_precision(lp, sig_p, lr, sig_r),
+            "de_direction_match": fn.de_direction(lp, lr, sig_r),
+            "de_spearman_lfc_sig": fn.de_spearman(lp, lr, sig_r)}
 
 
 def compare_de_tables(side: str, ce: dict, vcl: dict) -> None:
@@ -219,13 +221,27 @@ def compare_de_tables(side: str, ce: dict, vcl: dict) -> None:
     flips = int(((ce["fdr"].astype(np.float32) < FDR) != (vcl["fdr"].astype(np.float32) < FDR)).sum())
     a, b = ce["log2_fold_change"], vcl["log2_fold_change"]
     finite = np.isfinite(a) & np.isfinite(b)
-    lfc_diff = float(np.abs(a - b)[finite].max()) if finite.any() else 0.0
+    lfc_diff = float(np.abs(a[finite] - b[finite]).max()) if finite.any() else 0.0
     f32_mismatch = int((a.astype(np.float32) != b.astype(np.float32)).sum())
     sign_mismatch = int((np.sign(a) != np.sign(b)).sum())
     inf_mismatch = int((np.isinf(a) != np.isinf(b)).sum())
     print(f"    {side:<5} DE: max|dp| {p_diff:.2g}, max|dfdr| {fdr_diff:.2g}, significance flips {flips}; "
           f"max|dlfc| (finite) {lfc_diff:.2g}, float32 lfc mismatches {f32_mismatch}/{a.size}, "
           f"sign mismatches {sign_mismatch}, inf mismatches {inf_mismatch}")
+
+
+def pdex_style_lfc(adata: ad.AnnData, perts: list[str]) -> np.ndarray:
+    """lfc as pdex 0.3.0 computes it: mean of X in X's dtype (scipy sparse mean), expm1 in that dtype, then
+    log2 of the ratio in float64 with epsilon 0 (0/0 -> 0)."""
+    labels = adata.obs[PERT_COL].astype(str).to_numpy()
+
+    def bulk(rows):
+        return np.expm1(np.asarray(adata.X[rows].mean(axis=0)).ravel()).astype(np.float64)
+
+    ref = bulk(labels == CONTROL)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lfc = np.vstack([np.log2(bulk(labels == p) / ref) for p in perts])
+    return np.where(np.isnan(lfc), 0.0, lfc)
 
 
 def explain_de(ce_results: pd.DataFrame, outdir: Path, pred: ad.AnnData, real: ad.AnnData, bad: list[str]) -> None:
@@ -236,8 +252,13 @@ def explain_de(ce_results: pd.DataFrame, outdir: Path, pred: ad.AnnData, real: a
           "pred": cell_eval_de(outdir / "pred_de.csv", perts, genes)}
     vcl = {"real": vclib_de(real, perts), "pred": vclib_de(pred, perts)}
     print("  DE diagnostics (cell-eval/pdex tables vs vc.metrics.rank_genes with epsilon=0):")
-    for side in ("real", "pred"):
+    for side, adata in (("real", real), ("pred", pred)):
         compare_de_tables(side, ce[side], vcl[side])
+        pdex_lfc = pdex_style_lfc(adata, perts)
+        diff, _ = max_abs_diff(ce[side]["log2_fold_change"], pdex_lfc)
+        n_f32 = int((pdex_lfc.astype(np.float32) != ce[side]["log2_fold_change"].astype(np.float32)).sum())
+        print(f"          lfc recomputed pdex-style (means and expm1 in {adata.X.dtype}, log2 ratio in float64): "
+              f"max diff to cell-eval {diff:.2g}, float32 mismatches {n_f32}")
 
     def mixed(lfc_from: str, fdr_from: str) -> tuple[dict, dict]:
         src = {"cell-eval": ce, "vclib": vcl}
@@ -245,42 +266,83 @@ def explain_de(ce_results: pd.DataFrame, outdir: Path, pred: ad.AnnData, real: a
                      for s in ("pred", "real"))
 
     print(f"    re-scored with vclib's metric functions; max |cell-eval results.csv - re-score| for {', '.join(bad)}:")
+    worst = {}
     for lfc_from, fdr_from in (("cell-eval", "cell-eval"), ("vclib", "cell-eval"), ("cell-eval", "vclib"),
                                ("vclib", "vclib")):
         values = de_metric_values(*mixed(lfc_from, fdr_from))
-        diffs = ", ".join(f"{m} {max_abs_diff(ce_results[m], values[m])[0]:.3g}" for m in bad)
-        print(f"      lfc from {lfc_from:<9}, fdr from {fdr_from:<9}: {diffs}")
+        diffs = {m: max_abs_diff(ce_results.loc[perts, m], values[m])[0] for m in bad}
+        worst[lfc_from, fdr_from] = max(diffs.values())
+        print(f"      lfc from {lfc_from:<9}, fdr from {fdr_from:<9}: "
+              + ", ".join(f"{m} {d:.3g}" for m, d in diffs.items()))
+    print("    => " + de_verdict(worst))
+
+
+def de_verdict(worst: dict) -> str:
+    """Which DE input explains the difference, from the swap experiment."""
+    if worst["cell-eval", "cell-eval"] > TOL:
+        return ("vclib's metric functions on cell-eval's own DE tables already differ: the metric definitions "
+                "differ (not the DE engine).")
+    if worst["vclib", "vclib"] <= TOL:
+        return ("on vclib's DE tables the re-score matches cell-eval: the DE engines agree to the metrics' "
+                "resolution; any difference in evaluate comes from outside the DE tables.")
+    causes = []
+    if worst["vclib", "cell-eval"] > TOL:
+        causes.append("the lfc: vclib's rank_genes averages X in float64, pdex 0.3.0 takes the mean and expm1 in "
+                      "X's dtype (float32), which moves lfc by ~1e-6 and reorders near-tied |lfc| (top-N cut, "
+                      "Spearman ranks) or flips the sign of ~0 lfc. Needed: a rank_genes/evaluate option computing "
+                      "the DE means in X's dtype, pdex-style.")
+    if worst["cell-eval", "vclib"] > TOL:
+        causes.append("the FDR: significance calls (float32 fdr < 0.05) differ; see the p/FDR lines above (tie "
+                      "correction, continuity, asymptotic vs exact p).")
+    return "cause: " + " ".join(causes) if causes else "only the combination of vclib's lfc and FDR differs."
+
+
+def pseudobulks(adata: ad.AnnData, dtype) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Perturbations, their pseudobulk and the control pseudobulk, rounded to ``dtype`` like cell-eval's means."""
+    contract = vc.loaders.read(adata, perturbation_key=PERT_COL, context_key=None, control=CONTROL)
+    pb = vc.pseudobulk.pseudobulk(contract)
+    is_ctrl = pb.obs["is_control"].to_numpy()
+    X = np.asarray(pb.X).astype(dtype)
+    return pb.obs["perturbation"].astype(str)[~is_ctrl].tolist(), X[~is_ctrl], X[is_ctrl]
+
+
+def explain_pseudobulk(pred: ad.AnnData, real: ad.AnnData, ce_results: pd.DataFrame) -> None:
+    """Re-score the pseudobulk metrics with means rounded to X's dtype (cell-eval/polars casts them back)."""
+    dtype = real.X.dtype
+    perts, p_pb, p_ctrl = pseudobulks(pred, dtype)
+    _, r_pb, r_ctrl = pseudobulks(real, dtype)
+    dP, dO = p_pb - p_ctrl, r_pb - r_ctrl  # subtracted in X's dtype, as cell-eval does
+    values = {"mse": fn.mse(p_pb, r_pb), "mae": fn.mae(p_pb, r_pb), "mse_delta": fn.mse(dP, dO),
+              "mae_delta": fn.mae(dP, dO), "pearson_delta": fn.pearson(dP, dO)}
+    diffs = ", ".join(f"{m} {max_abs_diff(ce_results.loc[perts, m], v)[0]:.2g}" for m, v in values.items())
+    print(f"  pseudobulk means rounded to {dtype} (cell-eval's polars mean casts back to X's dtype), "
+          f"re-scored: max diff {diffs}")
 
 
 def explain_pds(pred: ad.AnnData, real: ad.AnnData, ce_results: pd.DataFrame) -> None:
-    """Re-score PDS L1 with cell-eval's exclusion rule (only the gene named exactly like the label)."""
+    """Re-score PDS L1 with cell-eval's exclusion rule (only the gene named exactly like the label) and 'own'."""
     genes = {g: i for i, g in enumerate(real.var_names)}
-
-    def deltas(adata):
-        pb = vc.pseudobulk.pseudobulk(vc.loaders.read(adata, perturbation_key=PERT_COL, context_key=None,
-                                                      control=CONTROL))
-        ctrl = pb[pb.obs["is_control"]].X
-        return pb[~pb.obs["is_control"].to_numpy()], np.asarray(pb[~pb.obs["is_control"].to_numpy()].X) - ctrl
-
-    pb, d_pred = deltas(pred)
-    _, d_real = deltas(real)
-    perts = pb.obs["perturbation"].astype(str).tolist()
+    perts, p_pb, p_ctrl = pseudobulks(pred, np.float64)
+    _, r_pb, r_ctrl = pseudobulks(real, np.float64)
     label_rule = [[genes[p]] if p in genes else [] for p in perts]
-    own_rule = [[genes[t] for t in p.split("+") if t in genes] for p in perts]
-    for name, rule in (("label == gene (cell-eval)", label_rule), ("each target ('own')", own_rule)):
-        score = fn.discrimination_score(d_pred, d_real, distance="l1", exclude=rule, ties="position")
+    own_rule = [[genes[t] for t in vc.schema.targets(p) if t in genes] for p in perts]
+    n_combos = sum("+" in p for p in perts)
+    for name, rule in (("the gene named as the label (cell-eval)", label_rule),
+                       ("every target gene (vclib 'own')", own_rule)):
+        score = fn.discrimination_score(p_pb - p_ctrl, r_pb - r_ctrl, distance="l1", exclude=rule, ties="position")
         diff, n_bad = max_abs_diff(ce_results.loc[perts, "discrimination_score_l1"], score)
-        print(f"    PDS L1 excluding {name:<26}: max diff {diff:.3g} ({n_bad} perts)")
+        print(f"  PDS L1 excluding {name:<40}: max diff {diff:.3g} ({n_bad} perts; {n_combos} combinations)")
 
 
 # ---------------------------------------------------------------------------------------------- main
 
-def run_pair(name: str, pred: ad.AnnData, real: ad.AnnData, exe: str | None, workdir: Path, threads: int) -> None:
+def run_pair(name: str, pred: ad.AnnData, real: ad.AnnData, exe: str | None, workdir: Path, threads: int,
+             diagnose: bool) -> None:
     n_perts = real.obs[PERT_COL].nunique() - 1
     print(f"\n=== {name}: {real.n_obs} observed / {pred.n_obs} predicted cells x {real.n_vars} genes, "
           f"{n_perts} perturbations, X {real.X.dtype}")
     vcl, t_vc = run_vclib(pred, real)
-    print(f"  vclib evaluate (all metrics, DE of both sides inside): {t_vc:.2f} s")
+    print(f"  vclib evaluate (all metrics, DE of both sides inside, in-process): {t_vc:.2f} s")
     if exe is None:
         print("  cell-eval not installed (set CELL_EVAL or put cell-eval on PATH): vclib side only.")
         return
@@ -294,12 +356,16 @@ def run_pair(name: str, pred: ad.AnnData, real: ad.AnnData, exe: str | None, wor
     table = comparison_table(ce, vcl)
     print_table(table)
     bad = table.loc[~table["within_tol"], "metric"].tolist()
-    if not bad:
-        print("  all shared metrics within 1e-6.")
-        return
-    if any(m in DE_BASED for m in bad):
-        explain_de(ce, outdir, pred, real, [m for m in bad if m in DE_BASED])
-    if "discrimination_score_l1" in bad:
+    print("  all shared metrics within 1e-6." if not bad else f"  NOT within 1e-6: {', '.join(bad)}")
+    pseudobulk_metrics = {"pearson_delta", "mse", "mae", "mse_delta", "mae_delta"}
+    if diagnose or pseudobulk_metrics & set(bad):
+        explain_pseudobulk(pred, real, ce)
+    de_bad = [m for m in table["metric"] if m in DE_BASED and (diagnose or m in bad)]
+    if de_bad:
+        explain_de(ce, outdir, pred, real, de_bad)
+    combos_with_targets = any(len(vc.schema.targets(p)) > 1 and set(vc.schema.targets(p)) & set(real.var_names)
+                              for p in ce.index.astype(str))
+    if diagnose or combos_with_targets or "discrimination_score_l1" in bad:
         explain_pds(pred, real, ce)
 
 
@@ -307,6 +373,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="cell-eval --num-threads")
     parser.add_argument("--keep", type=Path, default=None, help="keep the files and cell-eval outputs here")
+    parser.add_argument("--diagnose", action="store_true", help="print the DE/pseudobulk/PDS diagnostics always")
     args = parser.parse_args()
     exe = find_cell_eval()
     print(f"cell-eval: {exe or 'not found'}; vclib options: {VCLIB_OPTIONS}")
@@ -318,7 +385,7 @@ def main() -> None:
             if pair is None:
                 print(f"\n=== {name}: skipped, {NORMAN} not found.")
                 continue
-            run_pair(name, *pair, exe, workdir, args.threads)
+            run_pair(name, *pair, exe, workdir, args.threads, args.diagnose)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """vclib: a notebook workbench for testing virtual-cell claims.
 
 ``import vclib as vc`` gives the modules: ``vc.schema`` (the data contract), ``vc.loaders`` (read, simulate),
-``vc.pseudobulk``, ``vc.coverage``, ``vc.pl`` (plots) and ``vc.runner`` (run the notebooks with papermill).
+``vc.pseudobulk``, ``vc.coverage``, ``vc.metrics``, ``vc.splits``, ``vc.baselines``, ``vc.models``,
+``vc.benchmark``, ``vc.pl`` (plots) and ``vc.runner`` (run the notebooks with papermill).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -11,6 +12,19 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-from vclib import coverage, loaders, metrics, pl, pseudobulk, runner, schema  # noqa: E402
+from vclib import (  # noqa: E402
+    baselines,
+    benchmark,
+    coverage,
+    loaders,
+    metrics,
+    models,
+    pl,
+    pseudobulk,
+    runner,
+    schema,
+    splits,
+)
 
-__all__ = ["coverage", "loaders", "metrics", "pl", "pseudobulk", "runner", "schema", "__version__"]
+__all__ = ["baselines", "benchmark", "coverage", "loaders", "metrics", "models", "pl", "pseudobulk", "runner",
+           "schema", "splits", "__version__"]

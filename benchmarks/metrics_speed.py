@@ -1,0 +1,209 @@
+"""Speed of vclib's metric suite next to cell-eval 0.8.2, and of the discrimination score (PDS) at scale.
+
+Measures, each in a fresh process so the peak memory figures (VmHWM) are not mixed:
+
+1. ``vc.metrics.evaluate`` with every metric on cell-level predictions, the DE of both sides (Wilcoxon) computed
+   inside, on 11,000 cells x 8,000 genes x 200 perturbations, one context (simulator: 200 perturbations x 50 cells
+   + 1,000 controls; observation seed 0, prediction seed 1). vclib is configured like cell-eval (the prediction's
+   own control, PDS ties by position, lfc pseudocount 0). Target: <= 10 s.
+2. ``cell-eval run --profile full --num-threads 2`` on the same two h5ad files when cell-eval is installed
+   (``CELL_EVAL`` or ``cell-eval`` on PATH, else ``/work/celleval-venv/bin/cell-eval``); its wall time includes the
+   process start, imports and numba compilation, which cell-eval does not cache. It took 2 min 17 s on the 2-core
+   development machine. Peak memory via ``/usr/bin/time -v`` when available. The shared metrics of both tools are
+   also compared (max |difference| over perturbations).
+3. ``vc.metrics.discrimination_score`` (L1) for 5,000 perturbations x 8,000 genes on random float32 deltas.
+   Target: <= 30 s.
+
+vclib's numba kernels compile on first use and are cached on disk; each measuring process first calls the
+function once on a tiny input, so the reported times are warm (compile or cache load excluded). Reading the
+h5ad files is not included in vclib's time.
+
+Usage: ``python benchmarks/metrics_speed.py [--small]`` (``--small``: a reduced design for a quick check).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FULL = {"n_perturbations": 200, "n_genes": 8000, "cells_per_condition": 50, "control_cells": 1000,
+        "pds_perturbations": 5000, "pds_genes": 8000}
+SMALL = {"n_perturbations": 20, "n_genes": 500, "cells_per_condition": 30, "control_cells": 200,
+         "pds_perturbations": 500, "pds_genes": 1000}
+TARGET_EVALUATE_S, TARGET_PDS_S, CELL_EVAL_REFERENCE_S = 10.0, 30.0, 137.0
+PERT_COL, CONTROL = "target_gene", "non-targeting"
+EVALUATE_OPTIONS = dict(perturbation_key=PERT_COL, context_key=None, control=CONTROL, predicted_control="predicted",
+                        ties="position", epsilon=0.0)
+FALLBACK_CELL_EVAL = "/work/celleval-venv/bin/cell-eval"
+
+
+def peak_gb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would carry the parent's over through fork)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1e6
+
+
+def find_cell_eval() -> str | None:
+    for candidate in (os.environ.get("CELL_EVAL"), shutil.which("cell-eval")):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return FALLBACK_CELL_EVAL if os.access(FALLBACK_CELL_EVAL, os.X_OK) else None
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def write_cell_eval_file(adata, path: Path) -> None:
+    """h5ad in cell-eval's layout: obs target_gene with control 'non-targeting', CSR without explicit zeros."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    from scipy import sparse
+
+    X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    X.eliminate_zeros()
+    X.sort_indices()
+    labels = adata.obs["perturbation"].astype(str).replace({"control": CONTROL})
+    obs = pd.DataFrame({PERT_COL: pd.Categorical(labels)}, index=adata.obs_names.astype(str))
+    ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=adata.var_names.astype(str))).write_h5ad(path)
+
+
+def build_files(size: dict, tmp: Path) -> tuple[Path, Path, float]:
+    import vclib as vc
+
+    design = dict(n_contexts=1, n_perturbations=size["n_perturbations"], n_combinations=0, n_genes=size["n_genes"],
+                  cells_per_condition=size["cells_per_condition"], control_cells=size["control_cells"])
+    start = time.perf_counter()
+    paths = []
+    for name, seed in (("real", 0), ("pred", 1)):
+        path = tmp / f"{name}.h5ad"
+        write_cell_eval_file(vc.loaders.simulate(**design, seed=seed), path)
+        paths.append(path)
+    return paths[0], paths[1], time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------- measuring (children)
+
+def measure_evaluate(real_path: str, pred_path: str, table_path: str) -> dict:
+    import anndata as ad
+
+    import vclib as vc
+
+    tiny = vc.loaders.simulate(n_contexts=1, n_perturbations=4, n_combinations=0, n_genes=40, cells_per_condition=10,
+                               control_cells=20, seed=0)
+    vc.metrics.evaluate(tiny, tiny, context_key=None, predicted_control="predicted", ties="position", epsilon=0.0)
+    real, pred = ad.read_h5ad(real_path), ad.read_h5ad(pred_path)
+    start = time.perf_counter()
+    table = vc.metrics.evaluate(pred, real, **EVALUATE_OPTIONS)
+    elapsed = time.perf_counter() - start
+    table.to_csv(table_path, index=False)
+    return {"seconds": elapsed, "peak_gb": peak_gb(), "rows": len(table), "metrics": int(table["metric"].nunique())}
+
+
+def measure_pds(n_perts: int, n_genes: int) -> dict:
+    import numpy as np
+
+    import vclib as vc
+
+    rng = np.random.default_rng(0)
+    vc.metrics.discrimination_score(rng.standard_normal((8, 16)), rng.standard_normal((8, 16)))
+    observed = rng.standard_normal((n_perts, n_genes), dtype=np.float32)
+    predicted = observed + rng.standard_normal((n_perts, n_genes), dtype=np.float32)
+    start = time.perf_counter()
+    score = vc.metrics.discrimination_score(predicted, observed, distance="l1")
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "peak_gb": peak_gb(), "mean_score": float(np.mean(score))}
+
+
+def in_child(*args: str) -> dict:
+    """Run this script with ``args`` in a fresh interpreter and return the JSON it prints last."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measurement {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------- cell-eval
+
+def run_cell_eval(exe: str, real: Path, pred: Path, outdir: Path) -> dict:
+    cmd = [exe, "run", "-ap", str(pred), "-ar", str(real), "--pert-col", PERT_COL, "--control-pert", CONTROL,
+           "--profile", "full", "--num-threads", "2", "-o", str(outdir)]
+    timer = ["/usr/bin/time", "-v"] if os.access("/usr/bin/time", os.X_OK) else []
+    start = time.perf_counter()
+    proc = subprocess.run(timer + cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"cell-eval failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return {"seconds": elapsed, "peak_gb": int(match.group(1)) / 1e6 if match else None}
+
+
+def parity_summary(outdir: Path, table_path: Path) -> str:
+    """Worst |cell-eval - vclib| over the metrics both tools report (NaN vs NaN equal)."""
+    import numpy as np
+    import pandas as pd
+
+    ce = pd.read_csv(outdir / "results.csv").set_index("perturbation")
+    table = pd.read_csv(table_path)
+    vcl = table[table["perturbation"] != "*"].pivot(index="perturbation", columns="metric", values="value")
+    shared = sorted(set(ce.columns) & set(vcl.columns))
+    worst = {}
+    for m in shared:
+        a, b = ce[m].to_numpy(float), vcl.loc[ce.index.astype(str), m].to_numpy(float)
+        with np.errstate(invalid="ignore"):
+            d = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
+        worst[m] = float(np.nan_to_num(d, nan=np.inf).max())
+    ok = [m for m, d in worst.items() if d <= 1e-6]
+    bad = ", ".join(f"{m} {d:.2g}" for m, d in worst.items() if d > 1e-6) or "none"
+    top = max(worst, key=worst.get)
+    return (f"{len(ok)}/{len(shared)} shared metrics within 1e-6 of cell-eval (largest: {top} {worst[top]:.2g}); "
+            f"beyond 1e-6: {bad}")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main(small: bool) -> None:
+    size = SMALL if small else FULL
+    n_cells = size["n_perturbations"] * size["cells_per_condition"] + size["control_cells"]
+    print(f"{'SMALL check' if small else 'Full size'}: {n_cells:,} cells x {size['n_genes']:,} genes x "
+          f"{size['n_perturbations']} perturbations (one context); PDS {size['pds_perturbations']:,} x "
+          f"{size['pds_genes']:,}. {os.cpu_count()} CPUs. vclib times are warm (numba compiled/cached by a first "
+          "call on a tiny input); file reading excluded.")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        real, pred, t_build = build_files(size, tmp)
+        print(f"  built observation (seed 0) and prediction (seed 1) with the simulator: {t_build:.1f} s (not timed)")
+        ev = in_child("--measure-evaluate", str(real), str(pred), str(tmp / "vclib.csv"))
+        print(f"vclib evaluate, all {ev['metrics']} metrics + DE of both sides: {ev['seconds']:.2f} s "
+              f"(target <= {TARGET_EVALUATE_S:.0f} s: {'met' if ev['seconds'] <= TARGET_EVALUATE_S else 'MISSED'}); "
+              f"peak RSS {ev['peak_gb']:.2f} GB")
+        exe = find_cell_eval()
+        if exe is None:
+            print("cell-eval: not installed (set CELL_EVAL or put cell-eval on PATH); skipped.")
+        else:
+            ce = run_cell_eval(exe, real, pred, tmp / "cell-eval")
+            peak = f"peak RSS {ce['peak_gb']:.2f} GB" if ce["peak_gb"] is not None else "peak RSS not measured"
+            print(f"cell-eval run --profile full --num-threads 2 (whole CLI process): {ce['seconds']:.1f} s; {peak} "
+                  f"(reference on the development machine: {CELL_EVAL_REFERENCE_S:.0f} s at full size)")
+            print(f"  ratio cell-eval / vclib: {ce['seconds'] / ev['seconds']:.1f}x")
+            print(f"  parity on these files: {parity_summary(tmp / 'cell-eval', tmp / 'vclib.csv')}")
+    pds = in_child("--measure-pds", str(size["pds_perturbations"]), str(size["pds_genes"]))
+    print(f"vclib discrimination_score L1, {size['pds_perturbations']:,} x {size['pds_genes']:,} random float32 "
+          f"deltas: {pds['seconds']:.2f} s (target <= {TARGET_PDS_S:.0f} s: "
+          f"{'met' if pds['seconds'] <= TARGET_PDS_S else 'MISSED'}); peak RSS {pds['peak_gb']:.2f} GB")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--measure-evaluate"]:
+        print(json.dumps(measure_evaluate(*sys.argv[2:5])))
+    elif sys.argv[1:2] == ["--measure-pds"]:
+        print(json.dumps(measure_pds(int(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--small", action="store_true", help="reduced sizes for a quick check")
+        main(parser.parse_args().small)

@@ -1,0 +1,203 @@
+"""Run a benchmark grid (model × split fold × seed) into one tidy table, resumably.
+
+Each finished (model, split, fold, seed) cell is written to ``results_dir/cells/`` atomically, under a name that
+carries a hash of everything it depends on (vclib version, model settings, split options, metric settings, the
+data's fingerprint). A re-run with the same settings reads finished cells instead of recomputing them, an
+interrupted run resumes where it stopped, and cells written with other settings or another vclib version are
+never mixed into the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from tqdm.auto import tqdm
+
+from vclib import __version__
+from vclib import pseudobulk as pbk
+from vclib import splits as _splits
+from vclib.baselines import BASELINES
+from vclib.metrics import CEILING, DE_METRICS, ceiling, evaluate, rank_genes
+from vclib.models import MODELS
+from vclib.schema import VclibInputError
+
+DEFAULT_MODELS = ("no_change", "training_mean", "context_mean", "perturbation_mean", "nearest_context",
+                  "additive", "linear", "knn_perturbation", "mlp")
+DEFAULT_SPLITS = ("unseen_perturbation", "unseen_context")
+
+
+def estimator(name: str, **params):
+    """A baseline or model by registry name, with settings.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> vc.benchmark.estimator("linear", d=5)
+    Linear(d=5)
+    """
+    registry = {**BASELINES, **MODELS}
+    if name not in registry:
+        raise VclibInputError(f"unknown model {name!r}; valid models: {', '.join(registry)}.")
+    return registry[name](**params)
+
+
+def _models(models) -> dict:
+    if isinstance(models, dict):
+        return dict(models)
+    return {name: estimator(name) for name in models}
+
+
+def fingerprint(adata: ad.AnnData) -> str:
+    """A short hash of the data: the condition labels, genes and per-condition mean expression."""
+    pb = pbk.pseudobulk(adata)
+    h = hashlib.sha256()
+    h.update("\n".join(pb.obs_names).encode())
+    h.update("\n".join(pb.var_names).encode())
+    h.update(np.asarray(pb.obs["n_cells"]).tobytes())
+    h.update(np.round(np.asarray(pb.X, dtype=np.float64), 10).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _describe(model) -> dict:
+    params = model.get_params() if hasattr(model, "get_params") else {}
+    return {"class": type(model).__name__,
+            "params": {k: v if isinstance(v, int | float | str | bool | type(None)) else repr(v)
+                       for k, v in params.items()}}
+
+
+def _cell_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path, settings: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)  # a cell exists only once it is complete
+    path.with_suffix(".json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+
+
+def run(
+    data: ad.AnnData,
+    *,
+    splits: list | tuple = DEFAULT_SPLITS,
+    models=DEFAULT_MODELS,
+    metrics: list[str] | None = None,
+    seeds: list[int] | tuple[int, ...] = (0,),
+    results_dir: str | Path | None = None,
+    split_options: dict | None = None,
+    evaluate_options: dict | None = None,
+    include_ceiling: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every model on every split fold and seed: the tidy table of :func:`vclib.metrics.evaluate`.
+
+    Parameters
+    ----------
+    data
+        Observed cells in the data contract.
+    splits
+        Split names (:data:`vclib.splits.SPLITS`) or split tables.
+    models
+        Model names (baselines and models) or a dict ``{name: estimator}``. Estimators are cloned per cell; a
+        ``seed`` setting is replaced by the cell's seed. :class:`vclib.models.ExternalPredictions` are bound to
+        each fold with ``select``.
+    metrics
+        Metric names (default: all).
+    seeds
+        Seeds of the splits and models.
+    results_dir
+        Folder for the finished cells (resume and no double work). None: keep nothing on disk.
+    split_options
+        Options per split name, e.g. ``{"unseen_perturbation": {"n_folds": 3}}``.
+    evaluate_options
+        Passed to :func:`vclib.metrics.evaluate` (e.g. ``{"exclude": None}``).
+    include_ceiling
+        Also score the split-half noise ceiling (model ``"ceiling"``, full size) on every fold.
+    progress
+        Show a progress bar over the grid.
+
+    Returns
+    -------
+    DataFrame with columns ``context``, ``perturbation``, ``metric``, ``value``, ``model``, ``split``, ``fold``,
+    ``seed``.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=8, n_genes=60, cells_per_condition=20)
+    >>> table = vc.benchmark.run(adata, splits=["unseen_context"], models=["no_change", "linear"],
+    ...                          metrics=["mse_delta"], progress=False)
+    >>> sorted(table["model"].unique())
+    ['ceiling', 'linear', 'no_change']
+    """
+    models = _models(models)
+    split_options = split_options or {}
+    evaluate_options = evaluate_options or {}
+    for name in splits:
+        if isinstance(name, str) and name not in _splits.SPLITS:
+            raise VclibInputError(f"unknown split {name!r}; valid splits: {', '.join(_splits.SPLITS)}.")
+    pb = pbk.pseudobulk(data)
+    data_hash = fingerprint(data)
+    wants_de = metrics is None or any(m in DE_METRICS for m in metrics)
+    observed_de = rank_genes(data) if wants_de else None
+    cells_dir = Path(results_dir) / "cells" if results_dir is not None else None
+    if cells_dir is not None:
+        cells_dir.mkdir(parents=True, exist_ok=True)
+
+    grid = []
+    for seed in seeds:
+        for s in splits:
+            table = s if isinstance(s, pd.DataFrame) else _splits.make(s, data, seed=seed,
+                                                                        **split_options.get(s, {}))
+            for split, fold in _splits.folds(table):
+                names = ([CEILING] if include_ceiling else []) + list(models)
+                grid += [(name, table, split, fold, seed) for name in names]
+
+    results = []
+    for name, table, split, fold, seed in tqdm(grid, desc="benchmark", disable=not progress):
+        model = None if name == CEILING else models[name]
+        settings = {"vclib_version": __version__, "data": data_hash, "model": name,
+                    "estimator": _describe(model) if model is not None else "split-half ceiling",
+                    "split": split, "fold": fold, "seed": seed, "metrics": metrics, "evaluate": evaluate_options,
+                    "split_table": _cell_key(table.to_dict("list"))}
+        path = None
+        if cells_dir is not None:
+            path = cells_dir / f"{name}__{split}__{fold}__seed{seed}__{_cell_key(settings)}.csv".replace("/", "-")
+            if path.exists():
+                results.append(pd.read_csv(path, dtype={"fold": str, "split": str, "context": str,
+                                                        "perturbation": str}))
+                continue
+        frame = _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observed_de,
+                            evaluate_options)
+        if path is not None:
+            _write_atomic(frame, path, settings)
+        results.append(frame)
+    return pd.concat(results, ignore_index=True)
+
+
+def _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observed_de, evaluate_options):
+    test = _splits.roles(table, split, fold).get("test", [])
+    if name == CEILING:
+        frame = ceiling(data, full_size=True, seed=seed, conditions=test, metrics=metrics, **evaluate_options)
+    else:
+        train = _splits.training_data(pb, table, split, fold)
+        model = model.select(split, fold) if hasattr(model, "select") else clone(model)
+        if "seed" in model.get_params():
+            model.set_params(seed=seed)
+        model.fit(train)
+        _splits.check_leakage(model.training_conditions_, table, split, fold)
+        predicted = model.predict(test)
+        frame = evaluate(predicted, data, conditions=test, metrics=metrics, observed_de=observed_de,
+                         model=name, **evaluate_options)
+    frame["model"] = name
+    frame["split"] = split
+    frame["fold"] = str(fold)
+    frame["seed"] = seed
+    return frame
