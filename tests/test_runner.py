@@ -75,6 +75,20 @@ def test_run_all_notebooks(tmp_path):
     assert pb.obs["n_cells"].sum() == data.n_obs
     assert (run_dir / "coverage_heatmap.png").stat().st_size > 1000
 
+    # notebook 02's tables: every model of the notebook on every split, scores consistent with the summary
+    scores = pd.read_csv(run_dir / "benchmark_scores.csv", dtype={"fold": str})
+    summary = pd.read_csv(run_dir / "benchmark_summary.csv")
+    assert {"no_change", "training_mean", "linear", "mlp", "ceiling"} <= set(scores["model"])
+    assert set(scores["split"]) == {"unseen_perturbation", "unseen_context"}
+    row = summary[(summary["model"] == "linear") & (summary["split"] == "unseen_context")
+                  & (summary["metric"] == "pearson_delta")].iloc[0]
+    chosen = scores[(scores["model"] == "linear") & (scores["split"] == "unseen_context")
+                    & (scores["metric"] == "pearson_delta")]["value"]
+    assert row["mean"] == pytest.approx(chosen.mean())
+    best = pd.read_csv(run_dir / "benchmark_best.csv")
+    assert set(best["beats_baseline"]) <= {"yes", "no", "tie", "is the baseline"}
+    assert any((run_dir / "benchmark" / "cells").glob("*.csv"))
+
     # a second run goes to a new folder; resuming a finished run does nothing
     before = (run_dir / "01_context_coverage.ipynb").stat().st_mtime_ns
     assert runner.run(parameters={"FAST": True, "DATASET": "simulated"}, resume=run_dir) == run_dir

@@ -24,7 +24,7 @@ from vclib import __version__
 from vclib import pseudobulk as pbk
 from vclib import splits as _splits
 from vclib.baselines import BASELINES
-from vclib.metrics import CEILING, DE_METRICS, ceiling, evaluate, rank_genes
+from vclib.metrics import CEILING, DE_METRICS, REGISTRY, ceiling, evaluate, rank_genes
 from vclib.models import MODELS
 from vclib.schema import VclibInputError
 
@@ -201,3 +201,41 @@ def _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observ
     frame["fold"] = str(fold)
     frame["seed"] = seed
     return frame
+
+
+def best_models(summary: pd.DataFrame, comparison: pd.DataFrame, *, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Per split and metric: the best model (ceiling excluded), its score, and whether it beats the baseline.
+
+    Parameters
+    ----------
+    summary
+        :func:`vclib.metrics.aggregate` output (by model, split, metric).
+    comparison
+        :func:`vclib.metrics.compare` output against the baseline.
+    metrics
+        Metrics to report (default all in ``summary``).
+
+    Returns
+    -------
+    One row per (split, metric): ``best_model``, ``mean``, ``ci_low``, ``ci_high``, ``ceiling``, and
+    ``beats_baseline`` (``yes`` / ``tie`` / ``no`` / ``is the baseline``).
+    """
+    rows = []
+    models = summary[summary["model"] != CEILING]
+    for (split, metric), group in models.groupby(["split", "metric"], sort=True):
+        if metrics is not None and metric not in metrics:
+            continue
+        group = group.dropna(subset=["mean"])
+        if group.empty:
+            continue
+        higher = REGISTRY[metric].higher_is_better if metric in REGISTRY else True
+        best = group.loc[group["mean"].idxmax() if higher else group["mean"].idxmin()]
+        ceiling_rows = summary[(summary["model"] == CEILING) & (summary["split"] == split)
+                               & (summary["metric"] == metric)]
+        verdict = comparison[(comparison["model"] == best["model"]) & (comparison["split"] == split)
+                             & (comparison["metric"] == metric)]["better"]
+        rows.append({"split": split, "metric": metric, "best_model": best["model"], "mean": best["mean"],
+                     "ci_low": best["ci_low"], "ci_high": best["ci_high"],
+                     "ceiling": ceiling_rows["mean"].iloc[0] if len(ceiling_rows) else np.nan,
+                     "beats_baseline": verdict.iloc[0] if len(verdict) else "is the baseline"})
+    return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from vclib.metrics import REGISTRY
 from vclib.schema import CONTEXT_KEY
 
 
@@ -55,4 +56,72 @@ def effect_sizes(deltas: ad.AnnData, *, ax: plt.Axes | None = None) -> plt.Axes:
     sns.boxplot(frame, x=CONTEXT_KEY, y="effect size (‖delta‖₂)", ax=ax, color="0.85", fliersize=0)
     sns.stripplot(frame, x=CONTEXT_KEY, y="effect size (‖delta‖₂)", ax=ax, size=3, color="C0")
     ax.set_title("How strongly each perturbation moves expression")
+    return ax
+
+
+def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = None) -> plt.Axes:
+    """Mean score with its bootstrap 95% CI per model, one colour per split (output of
+    :func:`vclib.metrics.aggregate`). The ceiling, when present, is drawn as a dashed line per split.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> s = pd.DataFrame({"model": ["a", "b"], "split": "s", "metric": "mse", "mean": [1.0, 2.0],
+    ...                   "ci_low": [0.8, 1.7], "ci_high": [1.2, 2.2]})
+    >>> ax = leaderboard(s, metric="mse")
+    """
+    rows = summary[summary["metric"] == metric]
+    models = rows[rows["model"] != "ceiling"]
+    order = models.groupby("model")["mean"].mean().sort_values(
+        ascending=not _higher_is_better(metric)).index.tolist()
+    split_names = sorted(rows["split"].unique()) if "split" in rows else [None]
+    ax = _axes(ax, (6, 0.45 * len(order) + 1.5))
+    offsets = np.linspace(-0.25, 0.25, len(split_names)) if len(split_names) > 1 else [0.0]
+    for k, (split, dy) in enumerate(zip(split_names, offsets, strict=True)):
+        part = models if split is None else models[models["split"] == split]
+        part = part.set_index("model").reindex(order)
+        y = np.arange(len(order)) + dy
+        ax.errorbar(part["mean"], y, xerr=[part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]],
+                    fmt="o", color=f"C{k}", label=split, capsize=2)
+        ceiling = rows[(rows["model"] == "ceiling") & ((rows["split"] == split) if split else True)]
+        if len(ceiling):
+            ax.axvline(ceiling["mean"].mean(), color=f"C{k}", ls="--", lw=1)
+    ax.set_yticks(np.arange(len(order)), order)
+    ax.invert_yaxis()
+    better = "higher" if _higher_is_better(metric) else "lower"
+    ax.set_xlabel(f"{metric} ({better} is better; dashed: noise ceiling)")
+    if split_names != [None]:
+        ax.legend(title="split", fontsize="small", loc="best")
+    return ax
+
+
+def _higher_is_better(metric: str) -> bool:
+    return REGISTRY[metric].higher_is_better if metric in REGISTRY else True
+
+
+def versus_baseline(comparison: pd.DataFrame, *, metric: str, ax: plt.Axes | None = None) -> plt.Axes:
+    """Paired difference model − baseline with 95% CI (output of :func:`vclib.metrics.compare`), per split.
+
+    Points right of zero are better when higher is better (and the other way round); bars crossing zero are ties.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> c = pd.DataFrame({"model": ["a"], "split": "s", "metric": "mse", "difference": [-0.1],
+    ...                   "ci_low": [-0.2], "ci_high": [0.0], "better": ["tie"]})
+    >>> ax = versus_baseline(c, metric="mse")
+    """
+    rows = comparison[comparison["metric"] == metric].copy()
+    rows["label"] = rows["model"] + ("  ·  " + rows["split"] if "split" in rows else "")
+    rows = rows.sort_values(["split", "difference"] if "split" in rows else ["difference"])
+    ax = _axes(ax, (6, 0.35 * len(rows) + 1.5))
+    colours = rows["better"].map({"yes": "C2", "no": "C3", "tie": "0.5", "n/a": "0.8"})
+    y = np.arange(len(rows))
+    ax.errorbar(rows["difference"], y, xerr=[rows["difference"] - rows["ci_low"], rows["ci_high"] - rows["difference"]],
+                fmt="none", ecolor="0.6", capsize=2)
+    ax.scatter(rows["difference"], y, c=colours.tolist(), zorder=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y, rows["label"])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric}: model − baseline (green better, red worse, grey tie)")
     return ax
