@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPRegressor
 from sklearn.preprocessing import StandardScaler
 
@@ -42,7 +44,8 @@ class MLP(PseudobulkBaseline):
     n_outputs
         Principal components of the delta that are predicted.
     alpha, max_iter
-        L2 penalty and iterations of scikit-learn's ``MLPRegressor``.
+        L2 penalty and iterations of scikit-learn's ``MLPRegressor``; ``converged_`` records whether the
+        optimiser converged within ``max_iter``.
     seed
         Seed of the PCA and of the network's initialisation.
     """
@@ -83,7 +86,11 @@ class MLP(PseudobulkBaseline):
         self.scaler_ = StandardScaler().fit(X)
         self.network_ = MLPRegressor(hidden_layer_sizes=(self.width,) * self.depth, alpha=self.alpha,
                                      max_iter=self.max_iter, random_state=self.seed)
-        self.network_.fit(self.scaler_.transform(X), self.out_pca_.transform(self.delta_))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            self.network_.fit(self.scaler_.transform(X), self.out_pca_.transform(self.delta_))
+        # Not converging within max_iter is expected on small screens; it is recorded, not printed per fold.
+        self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
     def _predict_delta(self, conditions):
         X = self._features(conditions[CONTEXT_KEY].to_numpy(), conditions[PERTURBATION_KEY].to_numpy())
