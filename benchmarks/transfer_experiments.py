@@ -40,12 +40,13 @@ def _summary(scores: pd.DataFrame, metric: str, by: str = "split") -> pd.DataFra
 
 def within_context(seeds) -> None:
     adata = vc.loaders.simulate(seed=0)
-    scores = vc.benchmark.run(adata, splits=["unseen_perturbation"], models=["training_mean", "linear", "mlp"],
+    scores = vc.benchmark.run(adata, splits=["unseen_perturbation"],
+                              models=["training_mean", "perturbation_mean", "linear", "mlp"],
                               metrics=["mse_delta", "pearson_delta"], seeds=seeds, progress=False)
     print("\n## 1. Simulator, unseen perturbation (within context): mean [95% CI]")
     for metric in ("mse_delta", "pearson_delta"):
         print(f"\n{metric}\n{_summary(scores, metric)}")
-    for baseline in ("linear", "training_mean"):
+    for baseline in ("linear", "training_mean", "perturbation_mean"):
         cmp = vc.metrics.compare(scores[scores["model"].isin(["mlp", baseline])], baseline=baseline)
         print(f"\nmlp − {baseline} (paired over test perturbations):")
         print(cmp[["metric", "difference", "ci_low", "ci_high", "better"]].round(4).to_string(index=False))
