@@ -1,4 +1,4 @@
-"""Resolve the notebooks' ``DATASET`` parameter: ``"simulated"`` or a path to an h5ad."""
+"""Resolve the notebooks' ``DATASET`` parameter: ``"simulated"``, a registered public dataset, or an h5ad path."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import anndata as ad
 
 from vclib.loaders._read import read
+from vclib.loaders._registry import REGISTRY, load_registered
 from vclib.loaders._simulate import simulate
 from vclib.schema import VclibInputError
 
@@ -29,9 +30,11 @@ def load(
     Parameters
     ----------
     dataset
-        ``"simulated"`` for the embedded simulator, or a path to an ``.h5ad`` file.
+        ``"simulated"`` for the embedded simulator, the name of a registered public dataset (downloaded,
+        verified and cached on first use; see :func:`vclib.loaders.available`), or a path to an ``.h5ad`` file.
     perturbation_key, context_key, control
-        Your column names and control label (ignored for ``"simulated"``).
+        Your column names and control label (ignored for ``"simulated"`` and registered datasets, whose
+        recipe knows them).
     seed
         Seed of the simulator.
     small
@@ -39,7 +42,8 @@ def load(
     context_divergence
         For ``"simulated"``: fraction of regulatory mechanisms that differ between contexts.
     **options
-        Passed on to :func:`vclib.loaders.simulate` or :func:`vclib.loaders.read`.
+        Passed on to :func:`vclib.loaders.simulate`, :func:`vclib.loaders.read`, or for a registered dataset
+        to :func:`vclib.loaders.fetch` (``cache_dir``, ``download``, ``progressbar``).
 
     Returns
     -------
@@ -56,9 +60,19 @@ def load(
         size = {"n_perturbations": 16, "n_combinations": 4, "n_genes": 200, "cells_per_condition": 30,
                 "control_cells": 60} if small else {}
         return simulate(**{**size, **options}, context_divergence=context_divergence, seed=seed)
+    if str(dataset) in REGISTRY:
+        fetching = {"cache_dir", "download", "progressbar"}
+        unknown = sorted(set(options) - fetching)
+        if unknown:
+            raise VclibInputError(
+                f"option(s) {', '.join(unknown)} do not apply to the registered dataset {str(dataset)!r} (its "
+                f"recipe sets the keys); it takes {', '.join(sorted(fetching))}."
+            )
+        return load_registered(str(dataset), **options)
     path = Path(dataset)
     if path.suffix != ".h5ad":
         raise VclibInputError(
-            f"dataset {str(dataset)!r} is neither {SIMULATED!r} nor a path to an .h5ad file."
+            f"dataset {str(dataset)!r} is neither {SIMULATED!r}, a registered dataset ({', '.join(REGISTRY)}), "
+            "nor a path to an .h5ad file."
         )
     return read(path, perturbation_key=perturbation_key, context_key=context_key, control=control, **options)
