@@ -1,11 +1,17 @@
-"""The ``vclib`` command line: ``vclib run`` executes the notebooks with papermill."""
+"""The ``vclib`` command line.
+
+``vclib run`` executes the notebooks with papermill; ``vclib datasets list`` shows the registry of public
+perturbation screens and what is cached, ``vclib datasets get NAME`` downloads, verifies and caches one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from vclib import runner
+import pandas as pd
+
+from vclib import loaders, runner
 from vclib.schema import VclibInputError
 
 
@@ -30,11 +36,48 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run in its folder")
     run.add_argument("--notebooks", help="folder of the notebooks (default: the repository's notebooks/)")
     run.add_argument("--no-html", action="store_true", help="skip the HTML copies")
+
+    datasets = sub.add_parser(
+        "datasets",
+        help="list, download and cache public perturbation screens",
+        description="The registry of public perturbation screens (URLs and their sources: data/README.md). "
+        "Files are cached in $VCLIB_DATA_DIR (default: data/cache/ of a source checkout, else the user cache).",
+    )
+    actions = datasets.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every registered dataset, and whether it is cached")
+    listing.add_argument("--cache-dir", help="cache folder (default: $VCLIB_DATA_DIR or data/cache/)")
+    get = actions.add_parser("get", help="download, verify and cache a dataset; print where it is")
+    get.add_argument("name", help="registry name, as `vclib datasets list` shows it")
+    get.add_argument("--cache-dir", help="cache folder (default: $VCLIB_DATA_DIR or data/cache/)")
+    get.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    folder = loaders.cache_dir(args.cache_dir)
+    if args.action == "list":
+        table = loaders.available(cache_dir=folder)
+        table["cached"] = table["cached"].map({True: "yes", False: "-"})
+        columns = ["name", "cached", "size", "contexts", "perturbation_type", "source"]
+        with pd.option_context("display.max_colwidth", 45, "display.width", 250):
+            print(table[columns].to_string(index=False))
+        print(f"\n{len(table)} datasets; cache: {folder}. `vclib datasets get NAME` downloads one; "
+              "vc.loaders.load(NAME) reads it into the data contract.")
+        return 0
+    try:
+        paths = loaders.fetch(args.name, cache_dir=folder, progressbar=not args.no_progress)
+    except VclibInputError as err:
+        print(f"vclib: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "datasets":
+        return _datasets(args)
     parameters = {name: runner.parse_value(value) for name, value in args.parameter}
     for option, key in [("dataset", "DATASET"), ("perturbation_key", "PERTURBATION_KEY"),
                         ("context_key", "CONTEXT_KEY"), ("control", "CONTROL")]:
