@@ -1,0 +1,509 @@
+"""Transferability: does a perturbation's response measured in one context predict its response in another?
+
+For every two contexts and every perturbation measured in both, the correlation over genes of the two deltas
+(or signatures). Noise in either delta lowers that correlation even when the biology is identical, so for cells
+each side's split-half reliability corrects it (Spearman's disattenuation). The same correlation between
+*different* perturbations of the two contexts is the chance level: deltas share a systematic component (the
+response to being perturbed at all, Systema), so transfer only means something above it.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from vclib.pseudobulk import deltas, pseudobulk, split_halves
+from vclib.schema import (
+    CONTEXT_KEY,
+    CONTROL,
+    PERTURBATION_KEY,
+    SIGNATURE,
+    VclibInputError,
+    check_columns,
+)
+
+METHODS = ("pearson", "spearman")
+MIN_GENES = 3
+
+
+def _unit_rows(A: np.ndarray, method: str) -> np.ndarray:
+    """Rows centred and scaled to unit length (ranked first for Spearman), so dot products are correlations."""
+    A = stats.rankdata(A, axis=1) if method == "spearman" else np.asarray(A, dtype=np.float64)
+    A = A - A.mean(axis=1, keepdims=True)
+    norm = np.sqrt((A * A).sum(axis=1, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, A / norm, np.nan)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1 with ties at their mean rank (scipy's rankdata, without its per-call overhead)."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    new = np.empty(len(x), dtype=bool)
+    new[0], new[1:] = True, xs[1:] != xs[:-1]
+    if new.all():  # no ties
+        ranks = np.empty(len(x))
+        ranks[order] = np.arange(1, len(x) + 1)
+        return ranks
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.append(starts, len(x)))
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(starts + (counts + 1) / 2, counts)
+    return ranks
+
+
+def _corr_one(a: np.ndarray, b: np.ndarray, method: str) -> tuple[float, int]:
+    """Correlation of two vectors over the entries finite in both, and how many entries that was."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    n = int(keep.sum())
+    if n < MIN_GENES:
+        return np.nan, n
+    x, y = a[keep], b[keep]
+    if method == "spearman":
+        x, y = _ranks(x), _ranks(y)
+    x, y = x - x.mean(), y - y.mean()
+    denom = np.sqrt((x * x).sum() * (y * y).sum())
+    return (float((x * y).sum() / denom) if denom > 0 else np.nan), n
+
+
+def _corr_rows(A: np.ndarray, B: np.ndarray, method: str) -> np.ndarray:
+    """Correlation of row i of A with row i of B, for every i (NaN-aware)."""
+    if np.isfinite(A).all() and np.isfinite(B).all():
+        return (_unit_rows(A, method) * _unit_rows(B, method)).sum(axis=1)
+    return np.array([_corr_one(a, b, method)[0] for a, b in zip(A, B, strict=True)])
+
+
+def _finite_row_mean(M: np.ndarray) -> np.ndarray:
+    """Mean of the finite entries of each row (NaN where a row has none), without warnings."""
+    finite = np.isfinite(M)
+    count = finite.sum(axis=1)
+    total = np.where(finite, M, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise VclibInputError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}.")
+
+
+def _is_signature(data: ad.AnnData) -> bool:
+    return data.uns.get("vclib", {}).get("values") == SIGNATURE
+
+
+def reliability(
+    adata: ad.AnnData,
+    *,
+    perturbation_key: str = PERTURBATION_KEY,
+    context_key: str = CONTEXT_KEY,
+    control: str = CONTROL,
+    method: str = "pearson",
+    n_splits: int = 3,
+    seed: int | None = 0,
+) -> pd.DataFrame:
+    """Split-half reliability of every perturbed condition's delta.
+
+    Each condition's cells, and its context's control cells, are split at random into two halves; each half
+    gives a delta against its own half of the controls; the correlation of the two half-deltas over genes,
+    averaged over ``n_splits`` random splits, is corrected to the full number of cells with Spearman–Brown,
+    ``2r / (1 + r)``.
+
+    Parameters
+    ----------
+    adata
+        Cells in the data contract.
+    perturbation_key, context_key, control
+        Column names and control label.
+    method
+        ``"pearson"`` or ``"spearman"`` (use the one you correlate deltas with).
+    n_splits
+        Random splits averaged.
+    seed
+        Seed of the splits.
+
+    Returns
+    -------
+    DataFrame indexed by condition (``"context|perturbation"``) with columns ``context``, ``perturbation``,
+    ``n_cells``, ``split_half_r``, ``reliability`` and ``note`` (why a value is missing). Conditions with fewer
+    than 2 cells have NaN.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> table = vc.coverage.reliability(adata)
+    >>> bool(table["reliability"].between(-1, 1).all())
+    True
+    """
+    _check_method(method)
+    if _is_signature(adata):
+        raise VclibInputError("response signatures have no cells, so no split-half reliability; use cells.")
+    keys = {"perturbation_key": perturbation_key, "context_key": context_key}
+    pb = pseudobulk(adata, **keys, control=control)
+    table = pb.obs.loc[~pb.obs["is_control"], [CONTEXT_KEY, PERTURBATION_KEY, "n_cells"]].copy()
+    table[CONTEXT_KEY] = table[CONTEXT_KEY].astype(str)
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in range(n_splits):
+        a, b = split_halves(adata, **keys, control=control, seed=int(rng.integers(2**32)))
+        with_controls = set(a.obs.loc[a.obs["is_control"], CONTEXT_KEY].astype(str))
+        keep = a.obs[CONTEXT_KEY].astype(str).isin(with_controls).to_numpy()
+        da, db = deltas(a[keep], control=control), deltas(b[keep], control=control)
+        rs.append(pd.Series(_corr_rows(np.asarray(da.X), np.asarray(db.X), method), index=da.obs_names))
+    r = pd.concat(rs, axis=1).mean(axis=1).reindex(table.index)
+    table["split_half_r"] = r
+    table["reliability"] = 2 * r / (1 + r)
+    table["note"] = np.where(table["n_cells"] < 2, "fewer than 2 cells: no split halves",
+                             np.where(r.isna(), "half-deltas have no variance", ""))
+    return table
+
+
+def transferability(
+    data: ad.AnnData,
+    *,
+    perturbation_key: str = PERTURBATION_KEY,
+    context_key: str = CONTEXT_KEY,
+    control: str = CONTROL,
+    method: str | None = None,
+    reliabilities: pd.DataFrame | None = None,
+    n_splits: int = 3,
+    n_mismatched: int = 50,
+    seed: int | None = 0,
+) -> pd.DataFrame:
+    """Correlation of each perturbation's response between every two contexts that both measured it, raw and
+    corrected for noise, beside the chance level of mismatched perturbations.
+
+    Works on cells (deltas of pseudobulks; corrected with :func:`reliability`) and on response signatures
+    (``values="signature"``: one vector per condition, e.g. logFC or gene ranks, NaN for genes not reported;
+    correlations over the genes reported in both; no cells, so no reliability correction: reported raw).
+
+    ``r_corrected = r / sqrt(reliability_a · reliability_b)`` is never clipped: noisy reliabilities can push it
+    above 1 (counted in :func:`summarize_transfer`), and it is undefined (NaN) when a reliability is ≤ 0.
+    ``chance`` is the mean correlation of this perturbation's response in ``context_a`` with *other* shared
+    perturbations' responses in ``context_b`` (all of them for complete data; ``n_mismatched`` random ones when
+    values are missing, where each correlation has its own gene set).
+
+    Parameters
+    ----------
+    data
+        Cells or signatures in the data contract.
+    perturbation_key, context_key, control
+        Column names and control label.
+    method
+        ``"pearson"`` or ``"spearman"``; default Pearson for cells, Spearman for signatures (rank correlation).
+    reliabilities
+        Output of :func:`reliability`, to reuse; computed when ``None`` (cells only).
+    n_splits
+        Random splits for the reliabilities.
+    n_mismatched
+        Mismatched partners per perturbation when values are missing.
+    seed
+        Seed of the splits and of the mismatched partners.
+
+    Returns
+    -------
+    DataFrame with one row per (``context_a`` < ``context_b``, ``perturbation``) measured in both: ``r``,
+    ``reliability_a``, ``reliability_b``, ``r_corrected``, ``chance``, ``chance_corrected``, ``n_mismatched``,
+    ``n_genes``, ``method``. Empty (same columns) with fewer than two contexts.
+
+    References
+    ----------
+    Spearman C., The proof and measurement of association between two things, Am J Psychol 15, 72–101 (1904);
+    Viñas Torné R. et al., Systema, Nat Biotechnol (2025) (the systematic component shared by perturbations).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=6, n_genes=80, cells_per_condition=20)
+    >>> table = vc.coverage.transferability(adata)
+    >>> table.columns[:4].tolist()
+    ['context_a', 'context_b', 'perturbation', 'r']
+    """
+    columns = ["context_a", "context_b", "perturbation", "r", "reliability_a", "reliability_b", "r_corrected",
+               "chance", "chance_corrected", "n_mismatched", "n_genes", "method"]
+    check_columns(data.obs, [perturbation_key, context_key])
+    signature = _is_signature(data)
+    method = method or ("spearman" if signature else "pearson")
+    _check_method(method)
+    if signature:
+        obs = pd.DataFrame({CONTEXT_KEY: data.obs[context_key].astype(str).to_numpy(),
+                            PERTURBATION_KEY: data.obs[perturbation_key].astype(str).to_numpy()})
+        keep = (obs[PERTURBATION_KEY] != control).to_numpy()
+        obs, V = obs[keep].reset_index(drop=True), np.asarray(data.X[keep], dtype=np.float64)
+        dup = obs.duplicated()
+        if dup.any():
+            raise VclibInputError(
+                f"{int(dup.sum())} conditions have more than one signature (e.g. {obs[dup].iloc[0].tolist()}); "
+                "keep one row per (context, perturbation)."
+            )
+        rel = pd.Series(np.nan, index=obs[CONTEXT_KEY] + "|" + obs[PERTURBATION_KEY])
+    else:
+        d = deltas(pseudobulk(data, perturbation_key=perturbation_key, context_key=context_key, control=control),
+                   control=control)
+        obs = d.obs[[CONTEXT_KEY, PERTURBATION_KEY]].astype(str).reset_index(drop=True)
+        V = np.asarray(d.X, dtype=np.float64)
+        if reliabilities is None:
+            reliabilities = reliability(data, perturbation_key=perturbation_key, context_key=context_key,
+                                        control=control, method=method, n_splits=n_splits, seed=seed)
+        rel = reliabilities["reliability"].reindex(d.obs_names.to_numpy())
+        rel.index = obs[CONTEXT_KEY] + "|" + obs[PERTURBATION_KEY]
+    rel_values = rel.to_numpy()
+    row = pd.Series(np.arange(len(obs)), index=pd.MultiIndex.from_frame(obs))
+    rng = np.random.default_rng(seed)
+    complete = bool(np.isfinite(V).all())
+    parts = []
+    contexts = sorted(obs[CONTEXT_KEY].unique())
+    for a, b in combinations(contexts, 2):
+        shared = sorted(set(obs.loc[obs[CONTEXT_KEY] == a, PERTURBATION_KEY])
+                        & set(obs.loc[obs[CONTEXT_KEY] == b, PERTURBATION_KEY]))
+        if not shared:
+            continue
+        ia = row.loc[[(a, p) for p in shared]].to_numpy()
+        ib = row.loc[[(b, p) for p in shared]].to_numpy()
+        rel_a, rel_b = rel_values[ia], rel_values[ib]
+        with np.errstate(invalid="ignore"):
+            scale = np.sqrt(np.where(rel_a > 0, rel_a, np.nan)[:, None] * np.where(rel_b > 0, rel_b, np.nan)[None, :])
+        k = len(shared)
+        if complete:
+            C = _unit_rows(V[ia], method) @ _unit_rows(V[ib], method).T
+            r = np.diag(C).copy()
+            with np.errstate(invalid="ignore"):
+                Cc = C / scale
+            np.fill_diagonal(C, np.nan)
+            np.fill_diagonal(Cc, np.nan)
+            chance, chance_c = _finite_row_mean(C), _finite_row_mean(Cc)
+            n_mis, n_genes = np.full(k, k - 1), np.full(k, V.shape[1])
+        else:
+            r, n_genes = map(np.array, zip(*(_corr_one(V[i], V[j], method) for i, j in zip(ia, ib, strict=True)),
+                                           strict=True))
+            chance, chance_c, n_mis = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=int)
+            for s in range(k):
+                others = np.delete(np.arange(k), s)
+                if others.size == 0:
+                    continue
+                partners = np.sort(rng.choice(others, min(n_mismatched, others.size), replace=False))
+                cs = np.array([[_corr_one(V[ia[s]], V[ib[q]], method)[0] for q in partners]])
+                with np.errstate(invalid="ignore"):
+                    cc = cs / scale[s, partners]
+                chance[s], chance_c[s], n_mis[s] = _finite_row_mean(cs)[0], _finite_row_mean(cc)[0], partners.size
+        with np.errstate(invalid="ignore"):
+            r_corr = r / np.diag(scale)
+        parts.append(pd.DataFrame({
+            "context_a": a, "context_b": b, "perturbation": shared, "r": r, "reliability_a": rel_a,
+            "reliability_b": rel_b, "r_corrected": r_corr, "chance": chance, "chance_corrected": chance_c,
+            "n_mismatched": n_mis.astype(int), "n_genes": n_genes.astype(int), "method": method,
+        }))
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def summarize_transfer(transfer: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair of contexts: mean transfer of the same perturbation vs the chance level, raw and
+    corrected.
+
+    Parameters
+    ----------
+    transfer
+        Output of :func:`transferability` (optionally with ``r_true`` from :func:`true_transfer`).
+
+    Returns
+    -------
+    DataFrame with ``context_a``, ``context_b``, ``n_shared``, ``method``, ``same_raw`` / ``chance_raw`` (means
+    of ``r`` / ``chance``), ``same_median``, ``same_corrected`` / ``chance_corrected`` (means over the
+    perturbations where the correction is defined), ``transfer`` and ``chance`` (the corrected values where
+    available, else raw; ``kind`` says which), ``beyond_chance`` = ``transfer − chance``,
+    ``n_corrected_above_1`` (corrections that exceeded 1 because reliabilities are noisy; kept, not clipped),
+    ``n_correction_undefined``, ``reliability_a`` / ``reliability_b`` (medians), ``true_transfer`` (mean
+    ``r_true``) and ``mechanism_overlap`` (when :func:`true_transfer` added them) and ``note``.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=6, n_genes=80, cells_per_condition=20)
+    >>> vc.coverage.summarize_transfer(vc.coverage.transferability(adata))["kind"].tolist()
+    ['corrected']
+    """
+    rows = []
+    for (a, b), g in transfer.groupby(["context_a", "context_b"], sort=True):
+        corrected = g["r_corrected"].astype(float)
+        defined = int(corrected.notna().sum())
+        kind = "corrected" if defined else "raw"
+        row = {
+            "context_a": a, "context_b": b, "n_shared": len(g), "method": g["method"].iloc[0],
+            "same_raw": g["r"].mean(), "chance_raw": g["chance"].mean(), "same_median": g["r"].median(),
+            "same_corrected": corrected.mean() if defined else np.nan,
+            "chance_corrected": g["chance_corrected"].mean() if defined else np.nan,
+        }
+        row["transfer"] = row["same_corrected"] if defined else row["same_raw"]
+        row["chance"] = row["chance_corrected"] if defined else row["chance_raw"]
+        row["beyond_chance"] = row["transfer"] - row["chance"]
+        row["kind"] = kind
+        row["n_corrected_above_1"] = int((corrected > 1).sum())
+        row["n_correction_undefined"] = len(g) - defined
+        for side in ("reliability_a", "reliability_b"):
+            values = g[side].astype(float).dropna()
+            row[side] = values.median() if len(values) else np.nan
+        if "r_true" in g:
+            row["true_transfer"] = g["r_true"].mean()
+        if "mechanism_overlap" in g:
+            row["mechanism_overlap"] = g["mechanism_overlap"].iloc[0]
+        notes = []
+        if not defined:
+            notes.append("no cells (signatures) or no reliable halves: uncorrected")
+        elif len(g) - defined:
+            notes.append(f"{len(g) - defined} perturbations without a defined correction (reliability ≤ 0)")
+        if row["n_corrected_above_1"]:
+            notes.append(f"{row['n_corrected_above_1']} corrected r > 1 (noisy reliabilities; not clipped)")
+        if len(g) < 2:
+            notes.append("one shared perturbation: no chance level")
+        row["note"] = "; ".join(notes)
+        rows.append(row)
+    columns = ["context_a", "context_b", "n_shared", "method", "same_raw", "chance_raw", "same_median",
+               "same_corrected", "chance_corrected", "transfer", "chance", "beyond_chance", "kind",
+               "n_corrected_above_1", "n_correction_undefined", "reliability_a", "reliability_b"]
+    columns += [c for c, source in (("true_transfer", "r_true"), ("mechanism_overlap", "mechanism_overlap"))
+                if source in transfer]
+    return pd.DataFrame(rows, columns=columns + ["note"])
+
+
+def true_transfer(adata: ad.AnnData, transfer: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The simulator's true transferability: the correlation of the true deltas of each perturbation in two
+    contexts (noise-free, from ``uns["simulation"]``).
+
+    Parameters
+    ----------
+    adata
+        Output of :func:`vclib.loaders.simulate`.
+    transfer
+        Output of :func:`transferability`, to add the truth to its rows (same pairs and perturbations, same
+        method). ``None``: every pair of contexts and every perturbation measured in both, Pearson.
+
+    Returns
+    -------
+    ``transfer`` with columns ``r_true`` and ``mechanism_overlap`` (the fraction of regulatory mechanisms the two
+    contexts share) added (a new table), or a table ``context_a``, ``context_b``, ``perturbation``, ``r_true``,
+    ``mechanism_overlap``. :func:`summarize_transfer` then adds ``true_transfer`` and ``mechanism_overlap`` per
+    pair.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=6, n_genes=80, context_divergence=0)
+    >>> float(vc.coverage.true_transfer(adata)["r_true"].min()) > 0.9
+    True
+    """
+    sim = adata.uns.get("simulation")
+    if sim is None or "truth" not in sim:
+        raise VclibInputError("no ground truth: uns['simulation'] is written by vclib.loaders.simulate() only.")
+    truth = pd.DataFrame(np.asarray(sim["truth"], dtype=np.float64), index=np.asarray(sim["truth_conditions"]))
+    if transfer is None:
+        measured = pd.Series(np.asarray(sim["truth_measured"]), index=truth.index)
+        parts = [i.split("|", 1) for i in measured.index[measured.to_numpy()]]
+        frame = pd.DataFrame(parts, columns=[CONTEXT_KEY, PERTURBATION_KEY])
+        frame = frame[frame[PERTURBATION_KEY] != CONTROL]
+        rows = []
+        for a, b in combinations(sorted(frame[CONTEXT_KEY].unique()), 2):
+            shared = sorted(set(frame.loc[frame[CONTEXT_KEY] == a, PERTURBATION_KEY])
+                            & set(frame.loc[frame[CONTEXT_KEY] == b, PERTURBATION_KEY]))
+            rows += [{"context_a": a, "context_b": b, "perturbation": p, "method": "pearson"} for p in shared]
+        out = pd.DataFrame(rows, columns=["context_a", "context_b", "perturbation", "method"])
+    else:
+        out = transfer.copy()
+    missing = sorted({f"{c}|{p}" for c, p in zip(pd.concat([out["context_a"], out["context_b"]]),
+                                                   pd.concat([out["perturbation"], out["perturbation"]]),
+                                                   strict=True)} - set(truth.index))
+    if missing:
+        raise VclibInputError(f"conditions {missing[:3]} are not in the simulator's truth; was the data relabelled?")
+
+    def true_delta(contexts: pd.Series) -> np.ndarray:
+        rows = truth.loc[(contexts + "|" + out["perturbation"]).to_numpy()].to_numpy()
+        return rows - truth.loc[(contexts + "|" + CONTROL).to_numpy()].to_numpy()
+
+    A, B = true_delta(out["context_a"].astype(str)), true_delta(out["context_b"].astype(str))
+    r = np.full(len(out), np.nan)
+    for method in out["method"].unique() if len(out) else []:
+        m = (out["method"] == method).to_numpy()
+        r[m] = _corr_rows(A[m], B[m], method)
+    out["r_true"] = r
+    contexts = [str(c) for c in np.asarray(sim["contexts"])]
+    overlap = pd.DataFrame(np.asarray(sim["mechanism_overlap"], dtype=float), index=contexts, columns=contexts)
+    out["mechanism_overlap"] = [overlap.loc[a, b] for a, b in zip(out["context_a"], out["context_b"], strict=True)]
+    return out if transfer is not None else out.drop(columns="method")
+
+
+def distance_vs_transfer(distances: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Context distances (:func:`control_distances`) beside transferability (:func:`summarize_transfer`),
+    one row per pair of contexts that has both.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=6, n_genes=80, cells_per_condition=20)
+    >>> pairs = vc.coverage.distance_vs_transfer(vc.coverage.control_distances(adata, n_pcs=10),
+    ...                                          vc.coverage.summarize_transfer(vc.coverage.transferability(adata)))
+    >>> len(pairs)
+    3
+    """
+    keep = [c for c in ["context_a", "context_b", "edistance", "correlation_distance"] if c in distances]
+    return distances[keep].merge(summary.drop(columns=["note"], errors="ignore"), on=["context_a", "context_b"])
+
+
+def rank_correlation(
+    pairs: pd.DataFrame,
+    *,
+    distances: tuple[str, ...] = ("edistance", "correlation_distance"),
+    transfer: str = "transfer",
+) -> pd.DataFrame:
+    """Does context distance predict transferability? Spearman ρ across pairs of contexts, with a reading.
+
+    A usable proxy has ρ clearly below 0 (closer controls, better transfer).
+
+    Parameters
+    ----------
+    pairs
+        Output of :func:`distance_vs_transfer`.
+    distances
+        Distance columns to test.
+    transfer
+        Transfer column (``"transfer"``, ``"beyond_chance"``, ``"true_transfer"``, ...).
+
+    Returns
+    -------
+    DataFrame with one row per distance: ``distance``, ``transfer``, ``n_pairs``, ``spearman_rho``,
+    ``p_value``, ``reading`` (a sentence).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import vclib as vc
+    >>> pairs = pd.DataFrame({"edistance": [1, 2, 3, 4, 5], "transfer": [0.9, 0.8, 0.6, 0.5, 0.1]})
+    >>> vc.coverage.rank_correlation(pairs, distances=("edistance",))["spearman_rho"].round(3).tolist()
+    [-1.0]
+    """
+    rows = []
+    for name in distances:
+        if name not in pairs:
+            continue
+        ok = pairs[[name, transfer]].dropna()
+        n = len(ok)
+        rho, p = (stats.spearmanr(ok[name], ok[transfer]) if n >= 3 and ok[name].nunique() > 1
+                  and ok[transfer].nunique() > 1 else (np.nan, np.nan))
+        rho, p = float(rho), float(p)
+        if n < 4:
+            reading = f"only {n} pairs of contexts: too few for a rank correlation to mean anything"
+        elif p < 0.05 and rho < 0:
+            reading = f"closer controls transferred better (ρ = {rho:.2f}, p = {p:.2g}, {n} pairs): a usable proxy"
+        elif p < 0.05:
+            reading = (f"farther controls transferred better (ρ = {rho:.2f}, p = {p:.2g}, {n} pairs): "
+                       "control distance misleads here")
+        else:
+            reading = (f"no clear relation (ρ = {rho:.2f}, p = {p:.2g}, {n} pairs): control similarity is not a "
+                       "reliable proxy for transfer in this data")
+        rows.append({"distance": name, "transfer": transfer, "n_pairs": n, "spearman_rho": rho, "p_value": p,
+                     "reading": reading})
+    return pd.DataFrame(rows, columns=["distance", "transfer", "n_pairs", "spearman_rho", "p_value", "reading"])
