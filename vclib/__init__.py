@@ -2,7 +2,8 @@
 
 ``import vclib as vc`` gives the modules: ``vc.schema`` (the data contract), ``vc.loaders`` (read, simulate),
 ``vc.pseudobulk``, ``vc.coverage``, ``vc.metrics``, ``vc.splits``, ``vc.baselines``, ``vc.models``,
-``vc.benchmark``, ``vc.pl`` (plots) and ``vc.runner`` (run the notebooks with papermill).
+``vc.benchmark``, ``vc.pl`` (plots), ``vc.widgets`` (notebook controls) and ``vc.runner`` (run the notebooks
+with papermill).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -24,7 +25,8 @@ from vclib import (  # noqa: E402
     runner,
     schema,
     splits,
+    widgets,
 )
 
 __all__ = ["baselines", "benchmark", "coverage", "loaders", "metrics", "models", "pl", "pseudobulk", "runner",
-           "schema", "splits", "__version__"]
+           "schema", "splits", "widgets", "__version__"]

@@ -7,7 +7,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from scipy.cluster.hierarchy import leaves_list, linkage
+from scipy.spatial.distance import squareform
 
+from vclib.coverage import distance_matrix, rank_correlation
 from vclib.pl._base import axes as _axes
 from vclib.schema import CONTEXT_KEY
 
@@ -50,4 +53,233 @@ def effect_sizes(deltas: ad.AnnData, *, ax: plt.Axes | None = None) -> plt.Axes:
     sns.boxplot(frame, x=CONTEXT_KEY, y="effect size (‖delta‖₂)", ax=ax, color="0.85", fliersize=0)
     sns.stripplot(frame, x=CONTEXT_KEY, y="effect size (‖delta‖₂)", ax=ax, size=3, color="C0")
     ax.set_title("How strongly each perturbation moves expression")
+    return ax
+
+
+_LABELS = {"edistance": "E-distance", "correlation_distance": "correlation distance"}
+
+
+def _no_pairs(ax: plt.Axes, what: str, why: str = "coverage analysis compares contexts and needs at least 2"
+              ) -> plt.Axes:
+    """An empty plot that says why it is empty (e.g. a single-context dataset)."""
+    ax.text(0.5, 0.5, f"no {what}:\n{why}",
+            ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_axis_off()
+    return ax
+
+
+def overlap_heatmap(overlap: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
+    """Jaccard overlap of the contexts' perturbation sets (output of :func:`vclib.coverage.context_overlap`).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> ax = vc.pl.overlap_heatmap(vc.coverage.context_overlap(vc.coverage.cell_counts(adata)))
+    """
+    n = len(overlap)
+    ax = _axes(ax, (1.8 + 0.6 * n, 1.2 + 0.5 * n))
+    sns.heatmap(overlap, ax=ax, vmin=0, vmax=1, cmap="Blues", annot=n <= 12, fmt=".2f", square=True,
+                cbar_kws={"label": "Jaccard overlap of perturbations"})
+    ax.set_title("Which contexts measured the same perturbations?")
+    return ax
+
+
+def _cluster_order(matrix: pd.DataFrame) -> list[str]:
+    """Contexts in the leaf order of an average-linkage clustering of a distance matrix (NaN rows last)."""
+    ok = matrix.index[matrix.notna().sum(axis=1) == len(matrix)].tolist()
+    rest = [c for c in matrix.index if c not in ok]
+    if len(ok) < 3:
+        return ok + rest
+    sub = matrix.loc[ok, ok].to_numpy()
+    condensed = squareform(np.clip((sub + sub.T) / 2, 0, None), checks=False)
+    return [ok[i] for i in leaves_list(linkage(condensed, method="average"))] + rest
+
+
+def distance_heatmap(distances: pd.DataFrame, *, value: str = "edistance", ax: plt.Axes | None = None) -> plt.Axes:
+    """Heatmap of context distances (output of :func:`vclib.coverage.control_distances`), contexts ordered by
+    hierarchical clustering (average linkage) so that similar contexts sit together. Skipped contexts
+    (too few control cells) are blank and last.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> ax = vc.pl.distance_heatmap(vc.coverage.control_distances(adata, n_pcs=10))
+    """
+    n = len(set(distances["context_a"]) | set(distances["context_b"]))
+    ax = _axes(ax, (2.2 + 0.6 * n, 1.5 + 0.5 * n))
+    if distances.empty:
+        return _no_pairs(ax, "context pairs")
+    matrix = distance_matrix(distances, value=value)
+    order = _cluster_order(matrix)
+    matrix = matrix.loc[order, order]
+    label = _LABELS.get(value, value.replace("_", " "))
+    sns.heatmap(matrix, ax=ax, cmap="magma_r", annot=len(matrix) <= 10, fmt=".3g", square=True,
+                cbar_kws={"label": label})
+    ax.set_title(f"Control cells: {label} between contexts (clustered)", fontsize="medium")
+    return ax
+
+
+def transfer_pairs(summary: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
+    """Per pair of contexts: how well the same perturbation's response transfers (raw, and corrected for noise
+    when cells allow it) against the chance level of mismatched perturbations (output of
+    :func:`vclib.coverage.summarize_transfer`).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=6, n_genes=80, cells_per_condition=20)
+    >>> ax = vc.pl.transfer_pairs(vc.coverage.summarize_transfer(vc.coverage.transferability(adata)))
+    """
+    ax = _axes(ax, (6, 1.2 + 0.35 * max(len(summary), 1)))
+    if summary.empty:
+        return _no_pairs(ax, "pairs of contexts sharing a perturbation")
+    table = summary.sort_values("transfer").reset_index(drop=True)
+    y = np.arange(len(table))
+    labels = [f"{a} – {b} (n={n})" for a, b, n in zip(table["context_a"], table["context_b"], table["n_shared"],
+                                                      strict=True)]
+    ax.hlines(y, table["chance"], table["transfer"], color="0.8", zorder=1)
+    ax.scatter(table["chance"], y, marker="|", s=120, color="0.3", label="mismatched perturbations (chance)",
+               zorder=2)
+    ax.scatter(table["same_raw"], y, color="C0", label="same perturbation, raw", zorder=3)
+    if table["same_corrected"].notna().any():
+        ax.scatter(table["same_corrected"], y, color="C3", label="same perturbation, noise-corrected", zorder=3)
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel(f"mean {table['method'].iloc[0]} r of responses between the two contexts")
+    ax.set_title("Do responses transfer between contexts?")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.6 / (len(table) + 2)), ncol=2,
+              frameon=False)
+    return ax
+
+
+def transfer_vs_truth(summary: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
+    """Estimated transferability (raw and corrected) against the simulator's truth, one point per pair of
+    contexts (a :func:`vclib.coverage.summarize_transfer` table with ``true_transfer``).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=6, n_genes=80, cells_per_condition=20)
+    >>> table = vc.coverage.true_transfer(adata, vc.coverage.transferability(adata))
+    >>> ax = vc.pl.transfer_vs_truth(vc.coverage.summarize_transfer(table))
+    """
+    ax = _axes(ax, (4.2, 4))
+    if summary.empty:
+        return _no_pairs(ax, "pairs of contexts")
+    ax.scatter(summary["true_transfer"], summary["same_raw"], color="C0", label="raw")
+    if summary["same_corrected"].notna().any():
+        ax.scatter(summary["true_transfer"], summary["same_corrected"], color="C3", label="noise-corrected")
+    values = summary[["true_transfer", "same_raw", "same_corrected"]].to_numpy(dtype=float)
+    lo, hi = np.nanmin(values), np.nanmax(values)
+    pad = 0.05 * (hi - lo + 1e-9)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", ls="--", lw=1, label="estimate = truth")
+    ax.set_xlabel("true transferability (simulator)")
+    ax.set_ylabel("estimated transferability")
+    ax.set_title("Estimate vs ground truth, per pair of contexts")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def distance_vs_transfer(
+    pairs: pd.DataFrame,
+    *,
+    distance: str = "edistance",
+    transfer: str = "transfer",
+    ax: plt.Axes | None = None,
+) -> plt.Axes:
+    """Scatter of control-cell distance against transferability, one point per pair of contexts (output of
+    :func:`vclib.coverage.distance_vs_transfer`), with Spearman's ρ in the title.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=6, n_genes=80, cells_per_condition=20)
+    >>> pairs = vc.coverage.distance_vs_transfer(vc.coverage.control_distances(adata, n_pcs=10),
+    ...                                          vc.coverage.summarize_transfer(vc.coverage.transferability(adata)))
+    >>> ax = vc.pl.distance_vs_transfer(pairs)
+    """
+    ax = _axes(ax, (4.5, 4))
+    ok = pairs.dropna(subset=[distance, transfer]) if len(pairs) else pairs
+    if ok.empty:
+        return _no_pairs(ax, "pairs of contexts with both a distance and a transfer estimate")
+    ax.scatter(ok[distance], ok[transfer], color="C0")
+    if len(ok) <= 15:
+        for a, b, x, y in zip(ok["context_a"], ok["context_b"], ok[distance], ok[transfer], strict=True):
+            ax.annotate(f"{a}–{b}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    stat = rank_correlation(ok, distances=(distance,), transfer=transfer).iloc[0]
+    ax.set_xlabel(f"control-cell {_LABELS.get(distance, distance.replace('_', ' '))}")
+    ax.set_ylabel(transfer.replace("_", " "))
+    ax.set_title(f"Spearman ρ = {stat['spearman_rho']:.2f} over {stat['n_pairs']} pairs", fontsize="medium")
+    return ax
+
+
+def target_coverage(coverage: pd.DataFrame, *, target: str, ax: plt.Axes | None = None) -> plt.Axes:
+    """How well each perturbation is covered for one target context, coloured by where the knowledge comes from
+    (output of :func:`vclib.coverage.target_coverage`).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=8, n_genes=80, cells_per_condition=20)
+    >>> counts = vc.coverage.cell_counts(adata)
+    >>> summary = vc.coverage.summarize_transfer(vc.coverage.transferability(adata))
+    >>> ax = vc.pl.target_coverage(vc.coverage.target_coverage(counts, summary), target="C2")
+    """
+    rows = coverage[coverage["target"] == target].sort_values(["coverage", "perturbation"], ascending=[False, True])
+    ax = _axes(ax, (max(4.0, 0.12 * len(rows) + 2), 3.2))
+    if rows.empty:
+        return _no_pairs(ax, f"coverage table for {target}", "no perturbation was measured anywhere")
+    sources = [s if s else "(none)" for s in rows["best_source"]]
+    names = sorted(set(sources) - {target, "(none)"})
+    colours = {target: "0.2", "(none)": "0.85", **{s: f"C{i}" for i, s in enumerate(names)}}
+    x = np.arange(len(rows))
+    ax.bar(x, rows["coverage"].clip(lower=0.02), color=[colours[s] for s in sources], width=0.85)
+    for s in [target, *names, "(none)"]:
+        if s in sources:
+            ax.bar([np.nan], [np.nan], color=colours[s], label="measured in the target" if s == target else
+                   ("no usable source" if s == "(none)" else f"via {s}"))
+    if len(rows) <= 40:
+        ax.set_xticks(x, rows["perturbation"], rotation=90, fontsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{len(rows)} perturbations, best covered first")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("coverage for the target")
+    ax.set_title(f"{target}: mean coverage {rows['coverage'].mean():.2f}", fontsize="medium")
+    ax.legend(fontsize="small", loc="upper right")
+    return ax
+
+
+def next_experiments(plan: pd.DataFrame, *, target: str, top: int = 10, ax: plt.Axes | None = None) -> plt.Axes:
+    """The best candidate measurements for a target context and how much each raises its coverage (output of
+    :func:`vclib.coverage.next_experiments`).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=8, n_genes=80, cells_per_condition=20)
+    >>> counts = vc.coverage.cell_counts(adata)
+    >>> summary = vc.coverage.summarize_transfer(vc.coverage.transferability(adata))
+    >>> ax = vc.pl.next_experiments(vc.coverage.next_experiments(counts, summary), target="C2")
+    """
+    rows = plan[plan["target"] == target].sort_values("rank").head(top)
+    ax = _axes(ax, (6, 1.2 + 0.3 * max(len(rows), 1)))
+    if rows.empty:
+        return _no_pairs(ax, f"candidate measurement raises {target}'s coverage",
+                         "its perturbations are measured there, or no other context transfers better")
+    kinds = list(dict.fromkeys(plan["kind"]))
+    colour = {k: f"C{i}" for i, k in enumerate(sorted(kinds))}
+    y = np.arange(len(rows))
+    gain = rows["coverage_after"] - rows["coverage_before"]
+    ax.barh(y, gain, color=[colour[k] for k in rows["kind"]])
+    for k in sorted(set(rows["kind"])):
+        ax.barh([np.nan], [np.nan], color=colour[k], label=k)
+    ax.set_yticks(y, [f"{p} in {c}" for p, c in zip(rows["perturbation"], rows["context"], strict=True)],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"gain in {target}'s mean coverage (now {rows['coverage_before'].iloc[0]:.2f})")
+    ax.set_title(f"What to measure next for {target}", fontsize="medium")
+    ax.legend(fontsize="small", loc="lower right")
     return ax
