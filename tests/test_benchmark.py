@@ -209,11 +209,20 @@ def test_external_cell_predictions_score_like_builtins(data, tmp_path):
     external = vc.models.ExternalPredictions(str(tmp_path / "pred_{fold}.h5ad"), perturbation_key="target_gene",
                                              context_key="cell_line", control="non-targeting")
     table = vc.benchmark.run(adata, splits=[split], models={"oracle": external, "no_change": vc.baselines.NoChange()},
-                             metrics=["mse_delta", "discrimination_score_l1", "overlap_at_N"], progress=False)
+                             metrics=["mse_delta", "discrimination_score_l1", "overlap_at_N"], progress=False,
+                             results_dir=tmp_path / "run")
     summary = vc.metrics.aggregate(table).set_index(["model", "metric"])["mean"]
     assert summary["oracle", "mse_delta"] == pytest.approx(0.0, abs=1e-12)  # the observed cells themselves
     assert summary["oracle", "discrimination_score_l1"] == 1.0
     assert summary["oracle", "overlap_at_N"] == pytest.approx(1.0)
+    # the saved predicted deltas: the oracle's are the observed deltas, no change predicts zero
+    predictions = vc.benchmark.load_predictions(tmp_path / "run")
+    observed = vc.pseudobulk.deltas(pb)
+    oracle = predictions[predictions.obs["model"] == "oracle"]
+    names = [f"{c}|{p}" for c, p in zip(oracle.obs["context"], oracle.obs["perturbation"], strict=True)]
+    np.testing.assert_allclose(oracle.X, np.asarray(observed[names].X), atol=1e-6)
+    assert np.abs(predictions[predictions.obs["model"] == "no_change"].X).max() == 0
+    assert set(predictions.obs["model"]) == {"oracle", "no_change", "ceiling"}
 
 
 def test_external_predictions_bad_input(data, tmp_path):

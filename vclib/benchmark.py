@@ -1,8 +1,8 @@
 """Run a benchmark grid (model × split fold × seed) into one tidy table, resumably.
 
-Each finished (model, split, fold, seed) cell is written to ``results_dir/cells/`` atomically, under a name that
-carries a hash of everything it depends on (vclib version, model settings, split options, metric settings, the
-data's fingerprint). A re-run with the same settings reads finished cells instead of recomputing them, an
+Each finished (model, split, fold, seed) cell (its scores and its predicted deltas) is written to
+``results_dir/cells/`` atomically, under a name that carries a hash of everything it depends on (vclib version,
+model settings, split options, metric settings, the data's fingerprint). A re-run with the same settings reads finished cells instead of recomputing them, an
 interrupted run resumes where it stopped, and cells written with other settings or another vclib version are
 never mixed into the result.
 """
@@ -26,11 +26,13 @@ from vclib import splits as _splits
 from vclib.baselines import BASELINES
 from vclib.metrics import CEILING, DE_METRICS, REGISTRY, ceiling, evaluate, rank_genes
 from vclib.models import MODELS
-from vclib.schema import VclibInputError
+from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError
 
 DEFAULT_MODELS = ("no_change", "training_mean", "context_mean", "perturbation_mean", "nearest_context",
                   "additive", "linear", "knn_perturbation", "mlp")
 DEFAULT_SPLITS = ("unseen_perturbation", "unseen_context")
+INDEX_FILE = "run_index.csv"
+SCORE_DTYPES = {"fold": str, "split": str, "context": str, "perturbation": str}
 
 
 def estimator(name: str, **params):
@@ -76,11 +78,15 @@ def _cell_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _write_atomic(frame: pd.DataFrame, path: Path, settings: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)  # a cell exists only once it is complete
+def _write_atomic(frame: pd.DataFrame, predicted: ad.AnnData, path: Path, settings: dict) -> None:
+    """Write a finished cell: predictions first, the scores last, each renamed into place only when complete."""
     path.with_suffix(".json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+    tmp = path.with_suffix(".h5ad.tmp")
+    predicted.write_h5ad(tmp)
+    os.replace(tmp, path.with_suffix(".h5ad"))
+    tmp = path.with_suffix(".csv.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def run(
@@ -160,7 +166,7 @@ def run(
                 names = ([CEILING] if include_ceiling else []) + list(models)
                 grid += [(name, table, split, fold, seed) for name in names]
 
-    results = []
+    results, index = [], []
     for name, table, split, fold, seed in tqdm(grid, desc="benchmark", disable=not progress):
         model = None if name == CEILING else models[name]
         settings = {"vclib_version": __version__, "data": data_hash, "model": name,
@@ -170,22 +176,60 @@ def run(
         path = None
         if cells_dir is not None:
             path = cells_dir / f"{name}__{split}__{fold}__seed{seed}__{_cell_key(settings)}.csv".replace("/", "-")
-            if path.exists():
-                results.append(pd.read_csv(path, dtype={"fold": str, "split": str, "context": str,
-                                                        "perturbation": str}))
+            index.append({"model": name, "split": split, "fold": str(fold), "seed": seed,
+                          "scores": path.name, "predictions": path.with_suffix(".h5ad").name})
+            if path.exists() and path.with_suffix(".h5ad").exists():
+                results.append(pd.read_csv(path, dtype=SCORE_DTYPES))
                 continue
-        frame = _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observed_de,
-                            evaluate_options)
+        frame, predicted = _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observed_de,
+                                       evaluate_options)
         if path is not None:
-            _write_atomic(frame, path, settings)
+            _write_atomic(frame, predicted, path, settings)
         results.append(frame)
+    if cells_dir is not None:
+        pd.DataFrame(index).to_csv(Path(results_dir) / INDEX_FILE, index=False)
     return pd.concat(results, ignore_index=True)
+
+
+def load_predictions(results_dir: str | Path) -> ad.AnnData:
+    """The predicted deltas of the last :func:`run` into ``results_dir``, one row per (cell of the grid,
+    condition), with obs ``model``, ``split``, ``fold``, ``seed``, ``context``, ``perturbation``.
+
+    Predicted deltas are the prediction minus the control it was built on (the ceiling's: one half of the
+    observed cells minus that half's control). Notebook 03 reads them instead of re-running the benchmark.
+    """
+    results_dir = Path(results_dir)
+    if not (results_dir / INDEX_FILE).exists():
+        raise VclibInputError(f"{str(results_dir)!r} holds no benchmark run ({INDEX_FILE} missing); run "
+                              "vc.benchmark.run(..., results_dir=...) or notebook 02 first.")
+    index = pd.read_csv(results_dir / INDEX_FILE, dtype={"fold": str, "split": str})
+    parts = []
+    for row in index.itertuples(index=False):
+        part = ad.read_h5ad(results_dir / "cells" / row.predictions)
+        for key in ("model", "split", "fold", "seed"):
+            part.obs[key] = getattr(row, key)
+        part.obs_names = [f"{row.model}|{row.split}|{row.fold}|{row.seed}|{n}" for n in part.obs_names]
+        parts.append(part)
+    return ad.concat(parts, merge="same")
+
+
+def _predicted_deltas(predicted: ad.AnnData, controls: ad.AnnData, test: list[str]) -> ad.AnnData:
+    """Prediction minus the control of its context, for the test conditions, as float32."""
+    if predicted.obs.groupby([CONTEXT_KEY, PERTURBATION_KEY], observed=True).size().max() > 1:
+        predicted = pbk.pseudobulk(predicted)
+    rows = predicted[test]
+    ctrl = np.asarray(controls[[f"{c}|{CONTROL}" for c in rows.obs[CONTEXT_KEY].astype(str)]].X)
+    obs = rows.obs[[CONTEXT_KEY, PERTURBATION_KEY]].astype(str)
+    return ad.AnnData(X=(np.asarray(rows.X, dtype=np.float64) - ctrl).astype(np.float32), obs=obs,
+                      var=pd.DataFrame(index=rows.var_names.copy()))
 
 
 def _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observed_de, evaluate_options):
     test = _splits.roles(table, split, fold).get("test", [])
     if name == CEILING:
         frame = ceiling(data, full_size=True, seed=seed, conditions=test, metrics=metrics, **evaluate_options)
+        half = pbk.pseudobulk(data[pbk.half_labels(data, seed=seed) == 0])  # the half ceiling() predicts with
+        predicted = _predicted_deltas(half, half, test)
     else:
         train = _splits.training_data(pb, table, split, fold)
         model = model.select(split, fold) if hasattr(model, "select") else clone(model)
@@ -193,14 +237,15 @@ def _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observ
             model.set_params(seed=seed)
         model.fit(train)
         _splits.check_leakage(model.training_conditions_, table, split, fold)
-        predicted = model.predict(test)
-        frame = evaluate(predicted, data, conditions=test, metrics=metrics, observed_de=observed_de,
+        prediction = model.predict(test)
+        frame = evaluate(prediction, data, conditions=test, metrics=metrics, observed_de=observed_de,
                          model=name, **evaluate_options)
+        predicted = _predicted_deltas(prediction, pb, test)
     frame["model"] = name
     frame["split"] = split
     frame["fold"] = str(fold)
     frame["seed"] = seed
-    return frame
+    return frame, predicted
 
 
 def best_models(summary: pd.DataFrame, comparison: pd.DataFrame, *, metrics: list[str] | None = None) -> pd.DataFrame:
