@@ -127,6 +127,21 @@ def test_control_distances_pairs_and_unchanged_input(sim):
     assert (sim.X != before_X).nnz == 0
 
 
+def test_control_distances_use_an_exact_pca_of_pooled_controls(sim):
+    from sklearn.decomposition import PCA
+
+    table = vc.coverage.control_distances(sim, n_pcs=5, n_top_genes=60)
+    controls = sim[sim.obs["perturbation"] == "control"]
+    X = controls.X.toarray()
+    top = np.sort(np.argsort(-X.var(axis=0), kind="stable")[:60])
+    scores = PCA(n_components=5, svd_solver="full").fit_transform(X[:, top])
+    E = vc.coverage.edistance(scores, controls.obs["context"].astype(str).to_numpy())
+    np.testing.assert_allclose(table["edistance"], [E.loc["C1", "C2"], E.loc["C1", "C3"], E.loc["C2", "C3"]],
+                               rtol=1e-6)
+    pb = np.array([X[(controls.obs["context"] == c).to_numpy()].mean(axis=0) for c in ["C1", "C2"]])
+    assert table["correlation_distance"].iloc[0] == pytest.approx(1 - np.corrcoef(pb)[0, 1])
+
+
 def test_context_with_few_controls_is_named_and_skipped(sim):
     drop = sim.obs.index[(sim.obs["context"] == "C3") & (sim.obs["perturbation"] == "control")][5:]
     few = sim[~sim.obs.index.isin(drop)].copy()

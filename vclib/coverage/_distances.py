@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from scipy import sparse
+from scipy import linalg, sparse
 
 from vclib.schema import (
     CONTEXT_KEY,
@@ -30,20 +30,19 @@ METRICS = ("sqeuclidean", "euclidean")
 PAIR_COLUMNS = ["context_a", "context_b"]
 
 
-def _euclidean_sum(X: np.ndarray, Y: np.ndarray | None = None, block: int = 2048) -> float:
-    """Sum of the Euclidean distances between every row of X and every row of Y (``None``: X with itself, the
-    self-distances exactly 0), in BLAS-sized blocks."""
-    same = Y is None
-    Y = X if same else Y
-    total = 0.0
-    y_sq = np.einsum("ij,ij->i", Y, Y)
+def _euclidean_group_sums(X: np.ndarray, codes: np.ndarray, n_groups: int, block: int = 1024) -> np.ndarray:
+    """Sum of the Euclidean distances between every two rows, totalled per pair of groups (groups × groups),
+    self-distances exactly 0. Rows are taken ``block`` at a time against all rows: few, large BLAS calls."""
+    indicator = sparse.csr_matrix((np.ones(len(X)), (codes, np.arange(len(X)))), shape=(n_groups, len(X)))
+    sq = np.einsum("ij,ij->i", X, X)
+    sums = np.zeros((n_groups, n_groups))
     for start in range(0, len(X), block):
-        x = X[start : start + block]
-        d2 = np.einsum("ij,ij->i", x, x)[:, None] + y_sq[None, :] - 2 * x @ Y.T
-        if same:
-            d2[np.arange(len(x)), np.arange(start, start + len(x))] = 0.0
-        total += float(np.sqrt(np.maximum(d2, 0)).sum())
-    return total
+        stop = min(start + block, len(X))
+        d2 = sq[start:stop, None] + sq[None, :] - 2 * X[start:stop] @ X.T
+        d2[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        per_group = indicator @ np.sqrt(np.maximum(d2, 0)).T  # groups × block rows
+        sums += np.asarray(indicator[:, start:stop] @ per_group.T)
+    return sums
 
 
 def edistance(
@@ -116,17 +115,42 @@ def edistance(
         between = sq[:, None] + sq[None, :] - 2 * means @ means.T + total_var[:, None] + total_var[None, :]
         within = 2 * total_var * n**2 / within_pairs  # sum over all ordered pairs is 2 n² tr Σ
     else:
-        members = [X[codes == g] for g in range(len(names))]
-        within = np.array([_euclidean_sum(m) / w for m, w in zip(members, within_pairs, strict=True)])
-        between = np.zeros((len(names), len(names)))
-        for i, j in combinations(range(len(names)), 2):
-            between[i, j] = between[j, i] = _euclidean_sum(members[i], members[j]) / (n[i] * n[j])
+        sums = _euclidean_group_sums(X, codes, len(names))
+        within = np.diag(sums) / within_pairs
+        between = sums / np.outer(n, n)
     E = 2 * between - within[:, None] - within[None, :]
     E = (E + E.T) / 2  # exactly symmetric despite rounding
     np.fill_diagonal(E, 0.0)
     out = pd.DataFrame(E, index=names, columns=names)
     out.index.name = out.columns.name = CONTEXT_KEY
     return out
+
+
+def _pca(X, *, n_pcs: int, n_top_genes: int) -> np.ndarray:
+    """Exact PCA scores of the rows of X (dense or sparse) on its ``n_top_genes`` most variable columns.
+
+    The covariance matrix (genes × genes) is formed from sparse products and diagonalised with LAPACK: exact,
+    deterministic (each component's sign fixed by its largest loading), and fast for many cells.
+    """
+    n = X.shape[0]
+    mean = np.asarray(X.mean(axis=0)).ravel()
+    sq = X.multiply(X) if sparse.issparse(X) else X**2
+    variance = np.asarray(sq.mean(axis=0)).ravel() - mean**2
+    genes = np.sort(np.argsort(-variance, kind="stable")[: min(n_top_genes, X.shape[1])])
+    Xg, mg = X[:, genes], mean[genes]
+    gram = np.zeros((len(genes), len(genes)))
+    rows = max(1, 2**22 // len(genes))  # dense row blocks of ~4M values: BLAS products, bounded memory
+    for start in range(0, n, rows):
+        block = Xg[start : start + rows]
+        block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+        gram += block.T @ block
+    cov = (gram - n * np.outer(mg, mg)) / max(n - 1, 1)
+    k = int(max(1, min(n_pcs, n - 1, len(genes))))
+    _, vectors = linalg.eigh(cov, subset_by_index=[len(genes) - k, len(genes) - 1])
+    vectors = vectors[:, ::-1]
+    vectors *= np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(k)])
+    scores = Xg @ vectors
+    return np.asarray(scores) - mg @ vectors
 
 
 def _control_matrix(adata: ad.AnnData, rows: np.ndarray):
@@ -147,6 +171,7 @@ def control_distances(
     context_key: str = CONTEXT_KEY,
     control: str = CONTROL,
     n_pcs: int = 50,
+    n_top_genes: int = 2000,
     min_cells: int = 10,
     metric: str = "sqeuclidean",
     sample_correct: bool = False,
@@ -156,9 +181,10 @@ def control_distances(
     """Distances between the contexts' control cells: E-distance in a shared PCA, and correlation distance of
     their control pseudobulks.
 
-    The PCA (scanpy, ``n_pcs`` components) is fitted on the control cells of all contexts pooled, log1p
-    expression, every gene. Contexts with fewer than ``min_cells`` control cells are skipped for the distance:
-    they keep their rows (NaN) with a ``note`` naming the reason, and a warning names them.
+    The PCA (``n_pcs`` components, exact) is fitted on the control cells of all contexts pooled: log1p
+    expression of the ``n_top_genes`` genes most variable across those cells. Contexts with fewer than
+    ``min_cells`` control cells are skipped for the distance: they keep their rows (NaN) with a ``note`` naming
+    the reason, and a warning names them.
 
     Parameters
     ----------
@@ -168,6 +194,8 @@ def control_distances(
         Column names and control label.
     n_pcs
         PCA components (fewer if there are fewer control cells or genes).
+    n_top_genes
+        Genes used for the PCA: the most variable across the pooled control cells.
     min_cells
         Control cells a context needs for a distance.
     metric, sample_correct
@@ -176,7 +204,7 @@ def control_distances(
         Use at most this many control cells per context (a seeded random subset) for the E-distance; useful with
         ``metric="euclidean"``, which is quadratic in cells. ``None``: all.
     seed
-        Seed of the PCA solver and of the subsets.
+        Seed of the subsets (``max_cells``).
 
     Returns
     -------
@@ -231,10 +259,8 @@ def control_distances(
     order_sorted = np.sort(np.concatenate(take))
     X = _control_matrix(adata, order_sorted)
     labels = contexts[order_sorted]
-    pca_input = ad.AnnData(X)
-    k = int(max(1, min(n_pcs, X.shape[0] - 1, X.shape[1] - 1)))
-    sc.pp.pca(pca_input, n_comps=k, random_state=seed)
-    E = edistance(pca_input.obsm["X_pca"], labels, metric=metric, sample_correct=sample_correct)
+    E = edistance(_pca(X, n_pcs=n_pcs, n_top_genes=n_top_genes), labels, metric=metric,
+                  sample_correct=sample_correct)
 
     indicator = sparse.csr_matrix((np.ones(len(labels)), (pd.Index(usable).get_indexer(labels),
                                                           np.arange(len(labels)))), shape=(len(usable), len(labels)))
