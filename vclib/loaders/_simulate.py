@@ -53,11 +53,13 @@ def _context_network(rng, W0, divergence, n_programs, regulators, targets_per_re
 
 
 def _expected_log1p(eta, *, library_size, library_sd, dispersion, n_nodes=7, n_grid=200):
-    """E[log1p(1e4 k / L)] for k ~ NB(L softmax(eta), dispersion), L lognormal, per row of ``eta``.
+    """E[log1p(1e4 k / (k + R))] for k ~ NB(L p, dispersion), p = softmax(eta), per row of ``eta``.
 
-    Computed exactly on a grid of means (summing the negative-binomial pmf) and interpolated in log mean;
-    the library size is integrated with Gauss-Hermite quadrature. Normalising by L instead of the realised
-    total count changes values by O(1/L); see data/README.md.
+    ``k + R`` is the cell's realised total count; ``R``, the other genes' counts, is independent of ``k`` with
+    mean ``L (1 - p)`` and variance ``V = L (1 - p) + L² (Σp² - p²) / dispersion``. The gene's own share of the
+    total is exact (the pmf of ``k`` is summed on a grid of means and interpolated in log mean); the fluctuation
+    of ``R`` enters by a second-order expansion, ``E g(R) ≈ g(E R) + g''(E R) V / 2``. The lognormal library
+    size ``L`` is integrated with Gauss-Hermite quadrature. See data/README.md.
     """
     p = np.exp(eta - eta.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
@@ -74,8 +76,13 @@ def _expected_log1p(eta, *, library_size, library_sd, dispersion, n_nodes=7, n_g
         log_pmf = (special.gammaln(k + dispersion) - special.gammaln(dispersion) - special.gammaln(k + 1))[None, :]
         log_pmf = log_pmf + dispersion * np.log(q)[:, None] + k[None, :] * np.log1p(-q)[:, None]
         pmf = np.exp(log_pmf)
-        f = pmf @ np.log1p(TARGET_SUM * k / size)
-        out += w * np.interp(np.log(m), np.log(grid), f, left=0.0)
+        rest = np.maximum(size - grid, 1e-9)[:, None]  # the other genes' mean counts, L (1 - p)
+        total, scaled = k[None, :] + rest, (1 + TARGET_SUM) * k[None, :] + rest
+        f = (pmf * np.log1p(TARGET_SUM * k[None, :] / total)).sum(axis=1)
+        curvature = (pmf * (1 / total**2 - 1 / scaled**2)).sum(axis=1)  # E_k g''(R) with g = log(scaled/total)
+        variance = size * (1 - p) + size**2 * ((p**2).sum(axis=1, keepdims=True) - p**2) / dispersion
+        out += w * (np.interp(np.log(m), np.log(grid), f, left=0.0)
+                    + 0.5 * np.interp(np.log(m), np.log(grid), curvature, left=0.0) * variance)
     return out
 
 
@@ -105,8 +112,9 @@ def simulate(
       of targets (common to its program, plus its own) with random signed weights. In context ``c`` each
       regulator's targets are redrawn independently with probability ``context_divergence`` (0: the same
       mechanisms everywhere; 1: unrelated), so two contexts share a fraction ``(1 - d)^2`` of mechanisms.
-    * Knocking down regulator ``r`` lowers its own rate by ``2 * effect_size``; the effect propagates to the
-      steady state ``delta = (I - W_c)^-1 u``. A combination ``A+B`` knocks down both
+    * Knocking down regulator ``r`` lowers its own rate by ``2 * effect_size * s_r``, with a strength
+      ``s_r ~ Gamma(0.5, 2)`` per regulator (mean 1; many weak knockdowns, few strong ones, so real hits are
+      rare as in screens); the effect propagates to the steady state ``delta = (I - W_c)^-1 u``. A combination ``A+B`` knocks down both
       (``u = u_A + u_B``), plus a random interaction for a third of the combinations.
     * Each cell draws a library size ``L ~ library_size * LogNormal(0, 0.3)`` and counts
       ``k_g ~ NegBinom(mean = L * softmax(mu_c + delta)_g, dispersion)``.
@@ -129,7 +137,7 @@ def simulate(
     coverage
         Fraction of perturbations measured in each context after the first, in (0, 1].
     effect_size
-        Scale of the knockdown.
+        Scale of the knockdown (the mean of the regulators' strengths).
     library_size, dispersion
         Mean counts per cell and negative-binomial dispersion (larger is less noisy).
     seed
@@ -176,6 +184,7 @@ def simulate(
 
     mu0 = rng.normal(0, 1.5, n_genes)
     W0 = _regulatory_effects(rng, n_genes, regulators, n_programs, targets_per_regulator)
+    strength = dict(zip(genes[regulators], rng.gamma(0.5, 2.0, n_perturbations), strict=True))
     # Keep the steady state (I - W)^-1 well defined: shrink the network if its spectral radius exceeds 0.5.
     radius = np.abs(np.linalg.eigvals(W0)).max()
     scale = 0.5 / radius if radius > 0.5 else 1.0
@@ -191,7 +200,7 @@ def simulate(
         for p in perturbations:
             u = np.zeros(n_genes)
             for t in ([] if p == CONTROL else p.split(COMBINATION_SEP)):
-                u[np.flatnonzero(genes == t)] -= 2 * effect_size
+                u[np.flatnonzero(genes == t)] -= 2 * effect_size * strength[t]
             eta = mu + inverse @ u + interaction.get(p, 0)
             truth_eta.append(eta)
             rows.append((c, p))
@@ -242,6 +251,7 @@ def simulate(
         "truth_measured": measured,
         "contexts": np.array(contexts),
         "rewired": np.array(rewired),
+        "strength": np.array([strength[g] for g in genes[regulators]]),
         "mechanism_overlap": overlap,
     }
     return adata
