@@ -1,0 +1,143 @@
+"""Failure characterisation: covariates, the joined table, regime maps, error drivers, screening, spread."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import vclib as vc
+from vclib import failures as F
+from vclib.schema import VclibInputError
+
+
+@pytest.fixture(scope="module")
+def data():
+    adata = vc.loaders.simulate(n_contexts=3, n_perturbations=10, n_combinations=3, n_genes=80,
+                                cells_per_condition=25, control_cells=50, seed=2)
+    return adata, vc.metrics.rank_genes(adata)
+
+
+def test_observed_effects_match_their_definitions(data):
+    adata, de = data
+    effects = F.observed_effects(adata, de=de)
+    deltas = vc.pseudobulk.deltas(vc.pseudobulk.pseudobulk(adata))
+    np.testing.assert_allclose(effects["effect_size"], np.linalg.norm(np.asarray(deltas.X), axis=1))
+    assert (effects["n_de_genes"].to_numpy() == de.subset(effects.index).significant().sum(axis=1)).all()
+    combo = next(n for n in effects.index if "+" in n and np.isfinite(effects.loc[n, "non_additivity"]))
+    ctx, pert = combo.split("|")
+    a, b = pert.split("+")
+    expected = np.linalg.norm(np.asarray(deltas[combo].X - deltas[f"{ctx}|{a}"].X - deltas[f"{ctx}|{b}"].X))
+    assert effects.loc[combo, "non_additivity"] == pytest.approx(expected)
+    assert effects.loc[[n for n in effects.index if "+" not in n], "non_additivity"].isna().all()
+
+
+def _split(rows):
+    return pd.DataFrame(rows, columns=["split", "fold", "context", "perturbation", "role", "n_seen_singles"])
+
+
+def test_split_covariates_by_hand():
+    split = _split([
+        ("s", "0", "A", "control", "train", np.nan), ("s", "0", "B", "control", "train", np.nan),
+        ("s", "0", "C", "control", "train", np.nan),
+        ("s", "0", "A", "p", "train", np.nan), ("s", "0", "B", "p", "train", np.nan),
+        ("s", "0", "B", "q", "train", np.nan), ("s", "0", "C", "p", "test", np.nan),
+        ("s", "0", "C", "q", "test", np.nan), ("s", "0", "C", "p+q", "test", 0),
+    ])
+    distances = pd.DataFrame({"context_a": ["A", "A", "B"], "context_b": ["B", "C", "C"],
+                              "edistance": [1.0, 5.0, 2.0]})
+    cov = F.split_covariates(split, distances).set_index("perturbation")
+    assert (cov["distance_to_training"] == 2.0).all()  # C's nearest trained context is B
+    assert (cov["nearest_training_context"] == "B").all()
+    assert cov.loc["p", "n_training_contexts"] == 2 and cov.loc["q", "n_training_contexts"] == 1
+    assert cov.loc["p+q", "n_training_contexts"] == 1  # both singles trained only in B
+    within = _split([("s", "0", "A", "control", "train", np.nan), ("s", "0", "A", "p", "train", np.nan),
+                     ("s", "0", "A", "q", "test", np.nan)])
+    assert F.split_covariates(within)["distance_to_training"].iloc[0] == 0.0
+
+
+def test_condition_table_joins_without_duplicating(data):
+    adata, de = data
+    splits = vc.splits.unseen_context(adata)
+    scores = vc.benchmark.run(adata, splits=[splits], models=["training_mean", "perturbation_mean"],
+                              metrics=["mse_delta", "hit_rate_at_k"], progress=False)
+    table = F.condition_table(scores, F.split_covariates(splits, vc.coverage.control_distances(adata)),
+                              F.observed_effects(adata, de=de))
+    assert len(table) == (scores["perturbation"] != "*").sum()
+    assert set(F.COVARIATES) <= set(table.columns)
+    assert table.loc[table["model"] == "training_mean", "distance_to_training"].gt(0).all()
+
+
+def _synthetic_table(rng, n=120):
+    x = rng.uniform(0, 1, n)
+    z = rng.normal(size=n)
+    rows = []
+    for model, shift in [("model", 0.2), ("base", 0.0)]:
+        # the model beats the baseline where x is high, loses where it is low
+        value = 2 * x + rng.normal(0, 0.05, n) + np.where(x > 0.5, shift, -shift)
+        rows.append(pd.DataFrame({"model": model, "split": "s", "fold": "0", "context": "c",
+                                  "perturbation": [f"p{i}" for i in range(n)], "metric": "pearson_delta",
+                                  "value": value, "x": x, "z": z}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_regime_map_wins_and_loses_by_stratum():
+    table = _synthetic_table(np.random.default_rng(0))
+    regimes = F.regime_map(table, model="model", baseline="base", metric="pearson_delta", covariate="x", bins=2)
+    verdicts = dict(zip(regimes["stratum"], regimes["verdict"], strict=True))
+    low, high = sorted(verdicts, key=lambda s: float(s.split(",")[0].strip("([")))
+    assert verdicts[low] == "loses" and verdicts[high] == "wins"
+    np.testing.assert_allclose(sorted(regimes["difference"]), [-0.2, 0.2], atol=0.05)
+    with pytest.raises(VclibInputError, match="model 'nope' not in the table"):
+        F.regime_map(table, model="nope", baseline="base", metric="pearson_delta", covariate="x")
+
+
+def test_error_drivers_find_the_real_covariate():
+    table = _synthetic_table(np.random.default_rng(1))
+    drivers = F.error_drivers(table, model="base", metric="pearson_delta", covariates=["x", "z"], n_boot=300)
+    drivers = drivers.set_index("covariate")
+    assert drivers.loc["x", "spearman"] > 0.9 and drivers.loc["x", "spearman_low"] > 0.8
+    assert drivers.loc["z", "spearman_low"] < 0 < drivers.loc["z", "spearman_high"]
+    # value = 2x - 0.2 + noise: per SD of x the score moves by 2·sd(x)
+    x = table.loc[table["model"] == "base", "x"]
+    assert drivers.loc["x", "coefficient"] == pytest.approx(2 * x.std(ddof=0), rel=0.1)
+
+
+def _predictions(effects: np.ndarray, perts: list[str], model: str) -> ad.AnnData:
+    X = np.zeros((len(perts), 3), dtype=np.float32)
+    X[:, 0] = effects
+    obs = pd.DataFrame({"context": "c", "perturbation": perts, "model": model, "split": "s", "fold": "0",
+                        "seed": 0}, index=[f"{model}|{p}" for p in perts])
+    return ad.AnnData(X, obs=obs)
+
+
+def test_hit_rate_curves_closed_form():
+    perts = [f"p{i}" for i in range(6)]
+    effects = pd.DataFrame({"context": "c", "perturbation": perts, "n_de_genes": [50, 40, 0, 0, 0, 30]})
+    good = _predictions(np.array([6, 5, 1, 2, 3, 4.0]), perts, "good")  # hits p0, p1, p5 ranked first
+    bad = _predictions(np.array([1, 2, 6, 5, 4, 3.0]), perts, "bad")
+    curves = F.hit_rate_curves(ad.concat([good, bad], merge="same"), effects).set_index(["model", "k"])
+    np.testing.assert_allclose(curves.loc["good", "hit_rate"], [1, 1, 1, 0.75, 0.6, 0.5])
+    np.testing.assert_allclose(curves.loc["bad", "hit_rate"], [0, 0, 0, 0.25, 0.4, 0.5])
+    np.testing.assert_allclose(curves.loc["good", "best_possible"], curves.loc["good", "hit_rate"])
+    assert (curves["chance"] == 0.5).all()
+
+
+def test_mode_collapse_ratio():
+    perts = [f"p{i}" for i in range(5)]
+    rng = np.random.default_rng(0)
+    observed = ad.AnnData(rng.normal(size=(5, 3)).astype(np.float32),
+                          obs=pd.DataFrame(index=[f"c|{p}" for p in perts]))
+    same = _predictions(np.zeros(5), perts, "constant")
+    exact = ad.AnnData(observed.X.copy(), obs=_predictions(np.zeros(5), perts, "oracle").obs)
+    collapse = F.mode_collapse(ad.concat([same, exact], merge="same"), observed).set_index("model")
+    assert collapse.loc["constant", "spread_ratio"] == 0
+    assert collapse.loc["oracle", "spread_ratio"] == pytest.approx(1.0)
+
+
+def test_worst_conditions_follow_the_metric_direction():
+    t = pd.DataFrame({"model": "m", "metric": ["mse", "mse", "pearson_delta", "pearson_delta"],
+                      "perturbation": ["a", "b", "a", "b"], "value": [1.0, 3.0, 0.9, 0.1]})
+    assert F.worst_conditions(t, model="m", metric="mse", n=1)["perturbation"].iloc[0] == "b"
+    assert F.worst_conditions(t, model="m", metric="pearson_delta", n=1)["perturbation"].iloc[0] == "b"

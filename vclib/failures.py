@@ -1,0 +1,374 @@
+"""Failure characterisation: where and why predictions fail, and where a model adds value.
+
+Everything here reads the benchmark's per-condition results (the tables notebook 02 writes) and joins them with
+what is known about each test condition:
+
+* :func:`observed_effects`: per condition, its observed effect size (L2 norm of the delta), number of DE genes,
+  cells, and for combinations the observed non-additivity.
+* :func:`split_covariates`: per test condition of each split fold, the distance of its context to the nearest
+  training context (from control cells), the number of training contexts that measured its perturbation, and
+  for doubles the number of seen singles.
+* :func:`condition_table`: the scores of every model joined with those covariates (and the reliability).
+* :func:`regime_map`: model − baseline with paired bootstrap CIs per covariate stratum (wins / ties / loses).
+* :func:`error_drivers`: which covariates explain the error: rank correlations and a standardised linear
+  regression, each with bootstrap CIs.
+* :func:`hit_rate_curves`, :func:`mode_collapse`, :func:`worst_conditions`: the screening view, the spread of
+  predictions against the spread of observations, and the gallery of the worst failures.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from vclib import pseudobulk as pbk
+from vclib.metrics import REGISTRY, compare
+from vclib.metrics._de import DEResult
+from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, condition_id, targets
+
+KEYS = ["split", "fold", CONTEXT_KEY, PERTURBATION_KEY]
+COVARIATES = ["distance_to_training", "n_training_contexts", "effect_size", "n_de_genes", "n_cells",
+              "reliability", "n_seen_singles", "non_additivity"]
+
+
+def observed_effects(adata: ad.AnnData, *, de: DEResult, fdr: float = 0.05) -> pd.DataFrame:
+    """What was observed for every perturbed condition: effect size, DE genes, cells, non-additivity.
+
+    Parameters
+    ----------
+    adata
+        Observed cells in the data contract.
+    de
+        :func:`vclib.metrics.rank_genes` of ``adata``.
+    fdr
+        FDR threshold of a DE gene.
+
+    Returns
+    -------
+    One row per perturbed condition (index ``"context|perturbation"``): ``context``, ``perturbation``,
+    ``n_cells``, ``effect_size`` (L2 norm of the delta), ``n_de_genes``, and ``non_additivity`` for a
+    combination whose singles were measured in its context (L2 norm of ``delta_AB − delta_A − delta_B``).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=6, n_combinations=2, n_genes=60)
+    >>> effects = vc.failures.observed_effects(adata, de=vc.metrics.rank_genes(adata))
+    >>> effects.columns.tolist()
+    ['context', 'perturbation', 'n_cells', 'effect_size', 'n_de_genes', 'non_additivity']
+    """
+    deltas = pbk.deltas(pbk.pseudobulk(adata))
+    X = np.asarray(deltas.X, dtype=np.float64)
+    out = deltas.obs[[CONTEXT_KEY, PERTURBATION_KEY, "n_cells"]].copy()
+    out[CONTEXT_KEY] = out[CONTEXT_KEY].astype(str)
+    out["effect_size"] = np.linalg.norm(X, axis=1)
+    n_de = pd.Series(de.significant(fdr).sum(axis=1), index=de.conditions.index)
+    out["n_de_genes"] = n_de.reindex(out.index).to_numpy()
+    row = {n: i for i, n in enumerate(deltas.obs_names)}
+    non_additivity = np.full(len(out), np.nan)
+    for i, (c, p) in enumerate(zip(out[CONTEXT_KEY], out[PERTURBATION_KEY], strict=True)):
+        singles = [condition_id(c, t) for t in targets(p)]
+        if len(singles) > 1 and all(s in row for s in singles):
+            non_additivity[i] = np.linalg.norm(X[i] - sum(X[row[s]] for s in singles))
+    out["non_additivity"] = non_additivity
+    return out
+
+
+def split_covariates(splits: pd.DataFrame, distances: pd.DataFrame | None = None, *,
+                     distance: str = "edistance") -> pd.DataFrame:
+    """Per test condition of each split fold: how far it is from what the model was trained on.
+
+    Parameters
+    ----------
+    splits
+        Split tables (:mod:`vclib.splits`), several concatenated.
+    distances
+        Context pairs with a distance column (:func:`vclib.coverage.control_distances`); a context's distance to
+        itself is 0.
+    distance
+        Which distance column to use.
+
+    Returns
+    -------
+    One row per test condition with ``split``, ``fold``, ``context``, ``perturbation``, ``distance_to_training``
+    (distance of its context to the nearest context with training perturbations; 0 when its own context has
+    some), ``nearest_training_context``, ``n_training_contexts`` (training contexts that measured its
+    perturbation, or for a double all of its singles), and ``n_seen_singles``.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=3, n_perturbations=8, n_genes=50, cells_per_condition=10)
+    >>> cov = vc.failures.split_covariates(vc.splits.unseen_context(adata))
+    >>> int(cov["n_training_contexts"].max()) <= 2
+    True
+    """
+    lookup = {}
+    if distances is not None:
+        for a, b, d in distances[["context_a", "context_b", distance]].itertuples(index=False):
+            lookup[(str(a), str(b))] = lookup[(str(b), str(a))] = d
+    rows = []
+    for (split, fold), table in splits.groupby(["split", "fold"], sort=False):
+        train = table[(table["role"] == "train") & (table[PERTURBATION_KEY] != CONTROL)]
+        trained_contexts = sorted(set(train[CONTEXT_KEY]))
+        measured = train.groupby(PERTURBATION_KEY)[CONTEXT_KEY].apply(set).to_dict()
+        for row in table[table["role"] == "test"].itertuples(index=False):
+            ctx, pert = row.context, row.perturbation
+            if ctx in trained_contexts:
+                near, dist = ctx, 0.0
+            else:
+                options = [(lookup.get((ctx, c), np.nan), c) for c in trained_contexts]
+                options = [o for o in options if np.isfinite(o[0])]
+                dist, near = min(options) if options else (np.nan, None)
+            contexts = measured.get(pert, set())
+            if "+" in pert:  # a double counts the contexts where all of its singles were trained
+                sets = [measured.get(t, set()) for t in targets(pert)]
+                contexts = set.intersection(*sets) if sets else set()
+            rows.append({"split": split, "fold": str(fold), CONTEXT_KEY: ctx, PERTURBATION_KEY: pert,
+                         "distance_to_training": dist, "nearest_training_context": near,
+                         "n_training_contexts": len(contexts),
+                         "n_seen_singles": row.n_seen_singles})
+    return pd.DataFrame(rows)
+
+
+def condition_table(
+    scores: pd.DataFrame,
+    covariates: pd.DataFrame,
+    effects: pd.DataFrame,
+    *,
+    reliability: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Every model's score of every test condition joined with the condition's covariates.
+
+    Parameters
+    ----------
+    scores
+        :func:`vclib.benchmark.run` output (notebook 02's ``benchmark_scores.csv``).
+    covariates
+        :func:`split_covariates` output.
+    effects
+        :func:`observed_effects` output.
+    reliability
+        Per-condition split-half reliability (:func:`vclib.coverage.reliability`), joined on context and
+        perturbation from its ``reliability`` column.
+
+    Returns
+    -------
+    The scores (rows with perturbation ``"*"``, the per-context screening metrics, left out) with the columns of
+    :data:`COVARIATES` added.
+    """
+    table = scores[scores[PERTURBATION_KEY] != "*"].copy()
+    table["fold"] = table["fold"].astype(str)
+    covariates = covariates.assign(fold=covariates["fold"].astype(str))
+    table = table.merge(covariates, on=KEYS, how="left")
+    effect_cols = ["n_cells", "effect_size", "n_de_genes", "non_additivity"]
+    table = table.merge(effects[[CONTEXT_KEY, PERTURBATION_KEY, *effect_cols]], on=[CONTEXT_KEY, PERTURBATION_KEY],
+                        how="left")
+    if reliability is not None:
+        rel = reliability.reset_index(drop=True)[[CONTEXT_KEY, PERTURBATION_KEY, "reliability"]]
+        table = table.merge(rel.astype({CONTEXT_KEY: str}), on=[CONTEXT_KEY, PERTURBATION_KEY], how="left")
+    else:
+        table["reliability"] = np.nan
+    return table
+
+
+def _strata(values: pd.Series, bins: int) -> pd.Series:
+    """Label each value by its quantile bin (few distinct values keep their own label)."""
+    distinct = values.dropna().unique()
+    if len(distinct) <= bins:
+        return values.map(lambda v: "n/a" if pd.isna(v) else f"{v:g}")
+    cut = pd.qcut(values, q=bins, duplicates="drop")
+    return cut.astype(str).where(values.notna(), "n/a")
+
+
+def regime_map(
+    table: pd.DataFrame,
+    *,
+    model: str,
+    baseline: str,
+    metric: str,
+    covariate: str,
+    bins: int = 3,
+    n_boot: int = 1000,
+    seed: int | None = 0,
+) -> pd.DataFrame:
+    """Where does ``model`` beat ``baseline``? Paired differences with bootstrap CIs per covariate stratum.
+
+    Parameters
+    ----------
+    table
+        :func:`condition_table` output.
+    model, baseline
+        The two models compared on the same conditions.
+    metric
+        The metric.
+    covariate
+        Column to stratify by (quantile bins, or its own values when it has at most ``bins`` of them).
+    bins, n_boot, seed
+        Strata, bootstrap resamples and seed.
+
+    Returns
+    -------
+    One row per (split, stratum): ``difference`` (model − baseline), ``ci_low``, ``ci_high``, ``n`` and
+    ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction).
+    """
+    for name in (model, baseline):
+        if name not in set(table["model"]):
+            raise VclibInputError(f"model {name!r} not in the table; models: {sorted(set(table['model']))}.")
+    rows = table[(table["metric"] == metric) & table["model"].isin([model, baseline])].copy()
+    if covariate not in rows:
+        raise VclibInputError(f"no covariate {covariate!r}; covariates: {[c for c in COVARIATES if c in rows]}.")
+    rows["stratum"] = _strata(rows[covariate], bins)
+    result = compare(rows, baseline=baseline, by=("split", "metric", "stratum"), n_boot=n_boot, seed=seed)
+    result["verdict"] = result["better"].map({"yes": "wins", "no": "loses", "tie": "ties", "n/a": "n/a"})
+    result.insert(3, "covariate", covariate)
+    return result.drop(columns="better")
+
+
+def error_drivers(
+    table: pd.DataFrame,
+    *,
+    model: str,
+    metric: str,
+    covariates: list[str] | None = None,
+    n_boot: int = 500,
+    seed: int | None = 0,
+) -> pd.DataFrame:
+    """Which covariates explain a model's per-condition score? Spearman correlations and a standardised linear
+    regression (all covariates together), each with a bootstrap 95% CI over conditions.
+
+    Parameters
+    ----------
+    table
+        :func:`condition_table` output.
+    model, metric
+        Whose score, on which metric.
+    covariates
+        Columns to use (default: those of :data:`COVARIATES` that vary).
+    n_boot, seed
+        Bootstrap resamples and seed.
+
+    Returns
+    -------
+    One row per covariate: ``spearman`` with ``spearman_low`` / ``spearman_high``, and ``coefficient`` (change
+    of the score per standard deviation of the covariate, others held fixed) with ``coef_low`` / ``coef_high``;
+    ``n`` conditions used.
+    """
+    rows = table[(table["model"] == model) & (table["metric"] == metric)]
+    if rows.empty:
+        raise VclibInputError(f"no scores for model {model!r} and metric {metric!r}.")
+    candidates = covariates or COVARIATES
+    usable = [c for c in candidates if c in rows and rows[c].notna().mean() > 0.9 and rows[c].nunique() > 1]
+    data = rows[["value", *usable]].dropna()
+    if len(data) < 5 or not usable:
+        return pd.DataFrame(columns=["covariate", "spearman", "spearman_low", "spearman_high", "coefficient",
+                                     "coef_low", "coef_high", "n"])
+    y = data["value"].to_numpy(dtype=float)
+    X = data[usable].to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+
+    def fit(idx):
+        Xi, yi = X[idx], y[idx]
+        sd = Xi.std(axis=0)
+        Z = (Xi - Xi.mean(axis=0)) / np.where(sd > 0, sd, np.nan)
+        Z = np.nan_to_num(Z)
+        coef = np.linalg.lstsq(np.column_stack([np.ones(len(yi)), Z]), yi, rcond=None)[0][1:]
+        rho = [stats.spearmanr(Xi[:, j], yi).statistic if np.ptp(Xi[:, j]) > 0 else np.nan for j in range(X.shape[1])]
+        return np.array(rho), coef
+
+    rho, coef = fit(np.arange(len(y)))
+    boots = [fit(rng.integers(0, len(y), len(y))) for _ in range(n_boot)]
+    rho_b = np.array([b[0] for b in boots])
+    coef_b = np.array([b[1] for b in boots])
+    return pd.DataFrame({
+        "covariate": usable, "spearman": rho,
+        "spearman_low": np.nanquantile(rho_b, 0.025, axis=0), "spearman_high": np.nanquantile(rho_b, 0.975, axis=0),
+        "coefficient": coef, "coef_low": np.quantile(coef_b, 0.025, axis=0),
+        "coef_high": np.quantile(coef_b, 0.975, axis=0), "n": len(y),
+    })
+
+
+def hit_rate_curves(predictions: ad.AnnData, effects: pd.DataFrame, *, min_de: int = 10,
+                    k_max: int | None = None) -> pd.DataFrame:
+    """Screening view: rank each context's test perturbations by predicted effect size (L2 norm of the predicted
+    delta); at each k, the fraction of the top k that are real hits (at least ``min_de`` observed DE genes).
+
+    Parameters
+    ----------
+    predictions
+        :func:`vclib.benchmark.load_predictions` output (predicted deltas with model/split/fold/seed).
+    effects
+        :func:`observed_effects` output (for the hits).
+    min_de, k_max
+        DE genes that make a hit; largest k (default: all).
+
+    Returns
+    -------
+    One row per (model, split, k): ``hit_rate`` averaged over folds, seeds and contexts, ``n`` (rankings
+    averaged), and ``best_possible`` (all hits first) and ``chance`` (the hit fraction) for reference.
+    """
+    hits = (effects.set_index([CONTEXT_KEY, PERTURBATION_KEY])["n_de_genes"] >= min_de)
+    obs = predictions.obs.astype({CONTEXT_KEY: str, PERTURBATION_KEY: str})
+    effect = np.linalg.norm(np.asarray(predictions.X, dtype=np.float64), axis=1)
+    rows = []
+    for (model, split, *_), group in obs.groupby(["model", "split", "fold", "seed", CONTEXT_KEY], sort=False,
+                                                 observed=True):
+        idx = predictions.obs_names.get_indexer(group.index)
+        is_hit = hits.reindex(list(zip(group[CONTEXT_KEY], group[PERTURBATION_KEY], strict=True))).fillna(False)
+        is_hit = is_hit.to_numpy(dtype=bool)
+        order = np.argsort(-effect[idx], kind="stable")
+        n = len(order) if k_max is None else min(k_max, len(order))
+        k = np.arange(1, n + 1)
+        rows.append(pd.DataFrame({"model": model, "split": split, "k": k,
+                                  "hit_rate": np.cumsum(is_hit[order])[:n] / k,
+                                  "best_possible": np.minimum(k, is_hit.sum()) / k,
+                                  "chance": is_hit.mean()}))
+    if not rows:
+        return pd.DataFrame(columns=["model", "split", "k", "hit_rate", "best_possible", "chance", "n"])
+    curves = pd.concat(rows)
+    return curves.groupby(["model", "split", "k"], as_index=False).agg(
+        hit_rate=("hit_rate", "mean"), best_possible=("best_possible", "mean"), chance=("chance", "mean"),
+        n=("hit_rate", "size"))
+
+
+def mode_collapse(predictions: ad.AnnData, observed: ad.AnnData) -> pd.DataFrame:
+    """Does a model predict nearly the same delta for every perturbation?
+
+    Per (model, split, fold, seed, context): the spread of the predicted deltas across perturbations (total
+    variance around their mean) divided by the spread of the observed deltas of the same conditions. Near 0 is
+    mode collapse; near 1 a model whose predictions vary as much as the data.
+
+    Parameters
+    ----------
+    predictions
+        :func:`vclib.benchmark.load_predictions` output.
+    observed
+        Observed deltas (:func:`vclib.pseudobulk.deltas`), rows named ``"context|perturbation"``.
+
+    Returns
+    -------
+    One row per group with ``predicted_spread``, ``observed_spread``, ``spread_ratio`` and ``n``.
+    """
+    obs = predictions.obs.astype({CONTEXT_KEY: str, PERTURBATION_KEY: str})
+    rows = []
+    for key, group in obs.groupby(["model", "split", "fold", "seed", CONTEXT_KEY], sort=False, observed=True):
+        if len(group) < 2:
+            continue
+        P = np.asarray(predictions[group.index].X, dtype=np.float64)
+        names = [condition_id(c, p) for c, p in zip(group[CONTEXT_KEY], group[PERTURBATION_KEY], strict=True)]
+        O = np.asarray(observed[names].X, dtype=np.float64)  # noqa: E741
+        spread_p = ((P - P.mean(axis=0)) ** 2).sum(axis=1).mean()
+        spread_o = ((O - O.mean(axis=0)) ** 2).sum(axis=1).mean()
+        rows.append(dict(zip(["model", "split", "fold", "seed", CONTEXT_KEY], key, strict=True),
+                         predicted_spread=spread_p, observed_spread=spread_o,
+                         spread_ratio=spread_p / spread_o if spread_o > 0 else np.nan, n=len(group)))
+    return pd.DataFrame(rows)
+
+
+def worst_conditions(table: pd.DataFrame, *, model: str, metric: str, n: int = 6) -> pd.DataFrame:
+    """The ``n`` test conditions where ``model`` scores worst on ``metric`` (for the gallery)."""
+    rows = table[(table["model"] == model) & (table["metric"] == metric)].dropna(subset=["value"])
+    higher = REGISTRY[metric].higher_is_better if metric in REGISTRY else True
+    return rows.sort_values("value", ascending=higher).head(n).reset_index(drop=True)
