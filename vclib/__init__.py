@@ -1,9 +1,9 @@
 """vclib: a notebook workbench for testing virtual-cell claims.
 
-``import vclib as vc`` gives the modules: ``vc.schema`` (the data contract), ``vc.loaders`` (read, simulate),
-``vc.pseudobulk``, ``vc.coverage``, ``vc.metrics``, ``vc.splits``, ``vc.baselines``, ``vc.models``,
-``vc.benchmark``, ``vc.pl`` (plots), ``vc.widgets`` (notebook controls) and ``vc.runner`` (run the notebooks
-with papermill).
+``import vclib as vc`` gives the modules: ``vc.schema`` (the data contract), ``vc.loaders`` (read, simulate,
+public datasets), ``vc.pseudobulk``, ``vc.coverage``, ``vc.metrics``, ``vc.splits``, ``vc.baselines``,
+``vc.models``, ``vc.benchmark``, ``vc.failures``, ``vc.pl`` (plots), ``vc.widgets`` (notebook controls) and
+``vc.runner`` (run the notebooks with papermill).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -17,6 +17,7 @@ from vclib import (  # noqa: E402
     baselines,
     benchmark,
     coverage,
+    failures,
     loaders,
     metrics,
     models,
@@ -28,5 +29,5 @@ from vclib import (  # noqa: E402
     widgets,
 )
 
-__all__ = ["baselines", "benchmark", "coverage", "loaders", "metrics", "models", "pl", "pseudobulk", "runner",
-           "schema", "splits", "widgets", "__version__"]
+__all__ = ["baselines", "benchmark", "coverage", "failures", "loaders", "metrics", "models", "pl", "pseudobulk",
+           "runner", "schema", "splits", "widgets", "__version__"]

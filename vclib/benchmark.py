@@ -2,9 +2,9 @@
 
 Each finished (model, split, fold, seed) cell (its scores and its predicted deltas) is written to
 ``results_dir/cells/`` atomically, under a name that carries a hash of everything it depends on (vclib version,
-model settings, split options, metric settings, the data's fingerprint). A re-run with the same settings reads finished cells instead of recomputing them, an
-interrupted run resumes where it stopped, and cells written with other settings or another vclib version are
-never mixed into the result.
+model settings, split options, metric settings, the data's fingerprint). A re-run with the same settings reads
+finished cells instead of recomputing them, an interrupted run resumes where it stopped, and cells written with
+other settings or another vclib version are never mixed into the result.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from vclib import __version__
 from vclib import pseudobulk as pbk
 from vclib import splits as _splits
 from vclib.baselines import BASELINES
-from vclib.metrics import CEILING, DE_METRICS, REGISTRY, ceiling, evaluate, rank_genes
+from vclib.metrics import CEILING, DE_METRICS, REGISTRY, aggregate, ceiling, compare, evaluate, rank_genes
 from vclib.models import MODELS
 from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError
 
@@ -100,6 +100,7 @@ def run(
     split_options: dict | None = None,
     evaluate_options: dict | None = None,
     include_ceiling: bool = True,
+    observed_de=None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Score every model on every split fold and seed: the tidy table of :func:`vclib.metrics.evaluate`.
@@ -126,6 +127,8 @@ def run(
         Passed to :func:`vclib.metrics.evaluate` (e.g. ``{"exclude": None}``).
     include_ceiling
         Also score the split-half noise ceiling (model ``"ceiling"``, full size) on every fold.
+    observed_de
+        :func:`vclib.metrics.rank_genes` of ``data`` if already computed (otherwise computed once here).
     progress
         Show a progress bar over the grid.
 
@@ -152,7 +155,8 @@ def run(
     pb = pbk.pseudobulk(data)
     data_hash = fingerprint(data)
     wants_de = metrics is None or any(m in DE_METRICS for m in metrics)
-    observed_de = rank_genes(data) if wants_de else None
+    if observed_de is None and wants_de:
+        observed_de = rank_genes(data)
     cells_dir = Path(results_dir) / "cells" if results_dir is not None else None
     if cells_dir is not None:
         cells_dir.mkdir(parents=True, exist_ok=True)
@@ -248,39 +252,61 @@ def _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observ
     return frame, predicted
 
 
-def best_models(summary: pd.DataFrame, comparison: pd.DataFrame, *, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Per split and metric: the best model (ceiling excluded), its score, and whether it beats the baseline.
+def best_models(
+    scores: pd.DataFrame,
+    *,
+    metrics: list[str] | None = None,
+    baselines: list[str] | None = None,
+    n_boot: int = 1000,
+    seed: int | None = 0,
+) -> pd.DataFrame:
+    """Who wins where: per split and metric, the best model, the best baseline, and whether the first beats the
+    second beyond the noise, with the calibrated score ``(u − b) / (c − b)`` against that best baseline.
 
     Parameters
     ----------
-    summary
-        :func:`vclib.metrics.aggregate` output (by model, split, metric).
-    comparison
-        :func:`vclib.metrics.compare` output against the baseline.
+    scores
+        :func:`run` output (with the ``ceiling`` rows for calibration).
     metrics
-        Metrics to report (default all in ``summary``).
+        Metrics to report (default all in ``scores``).
+    baselines
+        Model names that count as baselines (default: the names of :data:`vclib.baselines.BASELINES`).
+    n_boot, seed
+        Bootstrap resamples and seed of the paired comparison.
 
     Returns
     -------
-    One row per (split, metric): ``best_model``, ``mean``, ``ci_low``, ``ci_high``, ``ceiling``, and
-    ``beats_baseline`` (``yes`` / ``tie`` / ``no`` / ``is the baseline``).
+    One row per (split, metric): ``best_model``, ``best_mean``, ``best_baseline``, ``baseline_mean``,
+    ``ceiling``, ``beats_best_baseline`` (``yes`` / ``tie`` / ``no``, or ``a baseline is best``) with the paired
+    ``difference`` and its CI, and ``calibrated``.
     """
+    baselines = list(BASELINES) if baselines is None else list(baselines)
+    summary = aggregate(scores, n_boot=n_boot, seed=seed)
     rows = []
-    models = summary[summary["model"] != CEILING]
-    for (split, metric), group in models.groupby(["split", "metric"], sort=True):
+    for (split, metric), group in summary[summary["model"] != CEILING].groupby(["split", "metric"], sort=True):
         if metrics is not None and metric not in metrics:
             continue
         group = group.dropna(subset=["mean"])
-        if group.empty:
+        base = group[group["model"].isin(baselines)]
+        if group.empty or base.empty:
             continue
-        higher = REGISTRY[metric].higher_is_better if metric in REGISTRY else True
-        best = group.loc[group["mean"].idxmax() if higher else group["mean"].idxmin()]
+        pick = (lambda g: g.loc[g["mean"].idxmax()]) if REGISTRY[metric].higher_is_better else \
+            (lambda g: g.loc[g["mean"].idxmin()])
+        best, best_base = pick(group), pick(base)
         ceiling_rows = summary[(summary["model"] == CEILING) & (summary["split"] == split)
                                & (summary["metric"] == metric)]
-        verdict = comparison[(comparison["model"] == best["model"]) & (comparison["split"] == split)
-                             & (comparison["metric"] == metric)]["better"]
-        rows.append({"split": split, "metric": metric, "best_model": best["model"], "mean": best["mean"],
-                     "ci_low": best["ci_low"], "ci_high": best["ci_high"],
-                     "ceiling": ceiling_rows["mean"].iloc[0] if len(ceiling_rows) else np.nan,
-                     "beats_baseline": verdict.iloc[0] if len(verdict) else "is the baseline"})
+        c = ceiling_rows["mean"].iloc[0] if len(ceiling_rows) else np.nan
+        row = {"split": split, "metric": metric, "best_model": best["model"], "best_mean": best["mean"],
+               "best_baseline": best_base["model"], "baseline_mean": best_base["mean"], "ceiling": c,
+               "beats_best_baseline": "a baseline is best", "difference": 0.0, "ci_low": np.nan,
+               "ci_high": np.nan}
+        if best["model"] != best_base["model"]:
+            pair = scores[(scores["split"] == split) & (scores["metric"] == metric)
+                          & scores["model"].isin([best["model"], best_base["model"]])]
+            diff = compare(pair, baseline=best_base["model"], n_boot=n_boot, seed=seed).iloc[0]
+            row.update(beats_best_baseline=diff["better"], difference=diff["difference"], ci_low=diff["ci_low"],
+                       ci_high=diff["ci_high"])
+        span = c - best_base["mean"]
+        row["calibrated"] = (best["mean"] - best_base["mean"]) / span if span else np.nan
+        rows.append(row)
     return pd.DataFrame(rows)
