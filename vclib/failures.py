@@ -14,9 +14,13 @@ what is known about each test condition:
   regression, each with bootstrap CIs.
 * :func:`hit_rate_curves`, :func:`mode_collapse`, :func:`worst_conditions`: the screening view, the spread of
   predictions against the spread of observations, and the gallery of the worst failures.
+* :func:`read_results` reads what notebooks 01 and 02 wrote; :func:`describe_drivers` says it in words.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -24,6 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from vclib import pseudobulk as pbk
+from vclib.benchmark import load_predictions
 from vclib.metrics import REGISTRY, compare
 from vclib.metrics._de import DEResult
 from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, condition_id, targets
@@ -372,3 +377,61 @@ def worst_conditions(table: pd.DataFrame, *, model: str, metric: str, n: int = 6
     rows = table[(table["model"] == model) & (table["metric"] == metric)].dropna(subset=["value"])
     higher = REGISTRY[metric].higher_is_better if metric in REGISTRY else True
     return rows.sort_values("value", ascending=higher).head(n).reset_index(drop=True)
+
+
+@dataclass
+class BenchmarkResults:
+    """The files notebooks 01 and 02 wrote, read back for notebook 03 (nothing is recomputed)."""
+
+    scores: pd.DataFrame
+    splits: pd.DataFrame
+    effects: pd.DataFrame
+    predictions: ad.AnnData
+    observed: ad.AnnData  # observed deltas, rows "context|perturbation"
+    distances: pd.DataFrame | None
+    reliability: pd.DataFrame | None
+
+
+def read_results(results_dir: str | Path) -> BenchmarkResults:
+    """Read the tables of notebooks 01 and 02 from a results folder.
+
+    Needs ``benchmark_scores.csv``, ``splits.csv``, ``observed_effects.csv``, ``benchmark/`` (notebook 02) and
+    ``pseudobulk.h5ad`` (notebook 01); uses ``context_distances.csv`` and ``reliability.csv`` (notebook 01)
+    when present.
+    """
+    results_dir = Path(results_dir)
+    needed = {"benchmark_scores.csv": "02", "splits.csv": "02", "observed_effects.csv": "02",
+              "pseudobulk.h5ad": "01"}
+    missing = [f"{name} (notebook {nb})" for name, nb in needed.items() if not (results_dir / name).exists()]
+    if missing:
+        raise VclibInputError(
+            f"{str(results_dir)!r} lacks {', '.join(missing)}: run notebooks 01 and 02 with the same RESULTS_DIR "
+            "first (`vclib run` does all three in order)."
+        )
+    dtypes = {"fold": str, "split": str, CONTEXT_KEY: str, PERTURBATION_KEY: str}
+    optional = {name: pd.read_csv(results_dir / name) if (results_dir / name).exists() else None
+                for name in ("context_distances.csv", "reliability.csv")}
+    return BenchmarkResults(
+        scores=pd.read_csv(results_dir / "benchmark_scores.csv", dtype=dtypes),
+        splits=pd.read_csv(results_dir / "splits.csv", dtype=dtypes),
+        effects=pd.read_csv(results_dir / "observed_effects.csv", index_col=0, dtype=dtypes),
+        predictions=load_predictions(results_dir / "benchmark"),
+        observed=pbk.deltas(ad.read_h5ad(results_dir / "pseudobulk.h5ad")),
+        distances=optional["context_distances.csv"],
+        reliability=optional["reliability.csv"],
+    )
+
+
+def describe_drivers(drivers: pd.DataFrame, *, model: str, metric: str) -> list[str]:
+    """Plain sentences for :func:`error_drivers`: which covariates go with a better or worse score, and which
+    show no relation (95% CI of the rank correlation includes 0)."""
+    higher = REGISTRY[metric].higher_is_better if metric in REGISTRY else True
+    sentences = []
+    for row in drivers.itertuples(index=False):
+        ci = f"Spearman {row.spearman:+.2f} [{row.spearman_low:+.2f}, {row.spearman_high:+.2f}], n = {row.n}"
+        if row.spearman_low <= 0 <= row.spearman_high or not np.isfinite(row.spearman):
+            sentences.append(f"{model}: no clear relation between {row.covariate} and {metric} ({ci}).")
+            continue
+        worse = (row.spearman > 0) != higher
+        sentences.append(f"{model}: {metric} gets {'worse' if worse else 'better'} as {row.covariate} grows ({ci}).")
+    return sentences

@@ -68,3 +68,59 @@ def target_explorer(
 
     shown["widget"] = ipywidgets.interactive(draw, clear_output=False, target=dropdown)
     return shown["widget"]
+
+
+def failure_browser(
+    table: pd.DataFrame,
+    predictions,
+    observed,
+    *,
+    metric: str = "pearson_delta",
+    model: str | None = None,
+) -> ipywidgets.interactive:
+    """Browse every test condition: predicted against observed delta for a chosen model.
+
+    Parameters
+    ----------
+    table
+        :func:`vclib.failures.condition_table` output (for the condition list and the scores).
+    predictions
+        :func:`vclib.benchmark.load_predictions` output (predicted deltas).
+    observed
+        Observed deltas (:func:`vclib.pseudobulk.deltas`), rows ``"context|perturbation"``.
+    metric
+        The score shown in the title.
+    model
+        The model shown first (default: the first in the table).
+
+    Returns
+    -------
+    An ``ipywidgets.interactive`` with a model and a condition Dropdown above :func:`vclib.pl.delta_scatter`.
+    """
+    rows = table[table["metric"] == metric]
+    models = sorted(rows["model"].unique())
+    if not models:
+        raise VclibInputError(f"no scores for metric {metric!r} in the table.")
+    model_box = ipywidgets.Dropdown(options=models, value=model or models[0], description="model")
+    keys = rows[["split", "fold", "context", "perturbation"]].drop_duplicates()
+    labels = [f"{s} · {f} · {c}|{p}" for s, f, c, p in keys.itertuples(index=False)]
+    condition_box = ipywidgets.Dropdown(options=labels, value=labels[0], description="condition")
+
+    def show(model: str, condition: str):
+        split, fold, name = condition.split(" · ")
+        context, perturbation = name.split("|", 1)
+        pick = predictions.obs
+        hit = pick[(pick["model"] == model) & (pick["split"] == split) & (pick["fold"].astype(str) == fold)
+                   & (pick["context"].astype(str) == context) & (pick["perturbation"].astype(str) == perturbation)]
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        if hit.empty:
+            ax.set_title(f"{model} has no prediction for {name} in {split} {fold}")
+            return fig
+        score = rows[(rows["model"] == model) & (rows["split"] == split) & (rows["fold"].astype(str) == fold)
+                     & (rows["context"] == context) & (rows["perturbation"] == perturbation)]["value"]
+        title = f"{model} · {name}\n{metric} = {score.iloc[0]:.3f}" if len(score) else f"{model} · {name}"
+        pl.delta_scatter(predictions[hit.index[0]].X.ravel(), observed[name].X.ravel(), title=title,
+                         genes=list(observed.var_names), ax=ax)
+        return fig
+
+    return ipywidgets.interactive(show, model=model_box, condition=condition_box)
