@@ -86,7 +86,7 @@ def test_run_all_notebooks(tmp_path):
                     & (scores["metric"] == "pearson_delta")]["value"]
     assert row["mean"] == pytest.approx(chosen.mean())
     best = pd.read_csv(run_dir / "benchmark_best.csv")
-    assert set(best["beats_baseline"]) <= {"yes", "no", "tie", "is the baseline"}
+    assert set(best["beats_best_baseline"]) <= {"yes", "no", "tie", "a baseline is best"}
     assert any((run_dir / "benchmark" / "cells").glob("*.csv"))
 
     # a second run goes to a new folder; resuming a finished run does nothing

@@ -102,12 +102,27 @@ def test_divergence_controls_shared_mechanisms():
     same = vc.loaders.simulate(**SMALL, context_divergence=0.0, seed=1)
     unrelated = vc.loaders.simulate(**SMALL, context_divergence=1.0, seed=1)
     np.testing.assert_array_equal(same.uns["simulation"]["mechanism_overlap"], 1.0)
-    off_diagonal = unrelated.uns["simulation"]["mechanism_overlap"][~np.eye(3, dtype=bool)]
-    assert off_diagonal.max() == 0.0
+    overlap = unrelated.uns["simulation"]["mechanism_overlap"]
+    t = unrelated.uns["simulation"]["positions"]  # 0.5, 0.75, 1: the last context is unrelated to all
+    assert overlap[2, :2].max() == 0.0
+    assert overlap[0, 1] < 0.5  # expected (1 - 0.5)(1 - 0.75) = 0.125
+    np.testing.assert_allclose(t, [0.5, 0.75, 1.0])
     r = [_mean_cross_context_correlation(vc.loaders.simulate(**SMALL, context_divergence=d, seed=1))
          for d in (0.0, 0.5, 1.0)]
     assert r[0] > r[1] > r[2]
     assert r[0] > 0.8 and r[2] < 0.5
+
+
+def test_distant_contexts_differ_more_in_state_and_mechanism():
+    """Control distance tracks mechanism divergence: the farther context pair shares fewer mechanisms."""
+    adata = vc.loaders.simulate(n_contexts=5, n_perturbations=40, n_genes=200, context_divergence=0.8, seed=4)
+    sim = adata.uns["simulation"]
+    pb = vc.pseudobulk.pseudobulk(adata)
+    controls = np.vstack([np.asarray(pb[f"{c}|control"].X)[0] for c in sim["contexts"]])
+    near = np.linalg.norm(controls[0] - controls[1])
+    far = np.linalg.norm(controls[3] - controls[4])
+    assert far > near
+    assert sim["mechanism_overlap"][3, 4] < sim["mechanism_overlap"][0, 1]
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [

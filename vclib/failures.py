@@ -435,3 +435,12 @@ def describe_drivers(drivers: pd.DataFrame, *, model: str, metric: str) -> list[
         worse = (row.spearman > 0) != higher
         sentences.append(f"{model}: {metric} gets {'worse' if worse else 'better'} as {row.covariate} grows ({ci}).")
     return sentences
+
+
+def predicted_delta(predictions: ad.AnnData, *, model: str, split: str, fold, context: str,
+                    perturbation: str) -> np.ndarray | None:
+    """One saved predicted delta (a gene vector), or None if that model has no prediction for the condition."""
+    obs = predictions.obs
+    hit = obs[(obs["model"] == model) & (obs["split"] == split) & (obs["fold"].astype(str) == str(fold))
+              & (obs[CONTEXT_KEY].astype(str) == context) & (obs[PERTURBATION_KEY].astype(str) == perturbation)]
+    return None if hit.empty else np.asarray(predictions[hit.index[0]].X, dtype=np.float64).ravel()

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from vclib import pl
+from vclib.failures import predicted_delta
 from vclib.schema import VclibInputError
 
 
@@ -109,18 +110,16 @@ def failure_browser(
     def show(model: str, condition: str):
         split, fold, name = condition.split(" · ")
         context, perturbation = name.split("|", 1)
-        pick = predictions.obs
-        hit = pick[(pick["model"] == model) & (pick["split"] == split) & (pick["fold"].astype(str) == fold)
-                   & (pick["context"].astype(str) == context) & (pick["perturbation"].astype(str) == perturbation)]
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        if hit.empty:
+        pred = predicted_delta(predictions, model=model, split=split, fold=fold, context=context,
+                               perturbation=perturbation)
+        if pred is None:
             ax.set_title(f"{model} has no prediction for {name} in {split} {fold}")
             return fig
         score = rows[(rows["model"] == model) & (rows["split"] == split) & (rows["fold"].astype(str) == fold)
                      & (rows["context"] == context) & (rows["perturbation"] == perturbation)]["value"]
         title = f"{model} · {name}\n{metric} = {score.iloc[0]:.3f}" if len(score) else f"{model} · {name}"
-        pl.delta_scatter(predictions[hit.index[0]].X.ravel(), observed[name].X.ravel(), title=title,
-                         genes=list(observed.var_names), ax=ax)
+        pl.delta_scatter(pred, observed[name].X.ravel(), title=title, genes=list(observed.var_names), ax=ax)
         return fig
 
     return ipywidgets.interactive(show, model=model_box, condition=condition_box)

@@ -106,23 +106,27 @@ def simulate(
 
     Generative model (all on the natural-log scale of expression rates):
 
-    * Genes have a shared baseline ``mu0 ~ N(0, 1.5)``; context ``c`` adds ``context_shift * z_c``
+    * Each context sits at a distance ``t_c`` from a shared reference state, evenly spaced from 0.5 (the first
+      context) to 1 (the last): more distant contexts differ more in both state and mechanism, as related cell
+      types do.
+    * Genes have a shared baseline ``mu0 ~ N(0, 1.5)``; context ``c`` adds ``context_shift * t_c * z_c``
       (``z_c ~ N(0, 1)`` per gene): the contexts' baseline states differ.
     * The first ``n_perturbations`` genes are regulators. A shared network ``W0`` gives each regulator a set
       of targets (common to its program, plus its own) with random signed weights. In context ``c`` each
-      regulator's targets are redrawn independently with probability ``context_divergence`` (0: the same
-      mechanisms everywhere; 1: unrelated), so two contexts share a fraction ``(1 - d)^2`` of mechanisms.
+      regulator's targets are redrawn independently with probability ``context_divergence * t_c`` (0: the same
+      mechanisms everywhere; 1: the most distant context unrelated to the reference), so contexts ``a`` and
+      ``b`` share a fraction ``(1 - d t_a)(1 - d t_b)`` of mechanisms in expectation.
     * Knocking down regulator ``r`` lowers its own rate by ``2 * effect_size * s_r``, with a strength
       ``s_r ~ Gamma(0.5, 2)`` per regulator (mean 1; many weak knockdowns, few strong ones, so real hits are
-      rare as in screens); the effect propagates to the steady state ``delta = (I - W_c)^-1 u``. A combination ``A+B`` knocks down both
-      (``u = u_A + u_B``), plus a random interaction for a third of the combinations.
+      rare as in screens); the effect propagates to the steady state ``delta = (I - W_c)^-1 u``. A combination
+      ``A+B`` knocks down both (``u = u_A + u_B``), plus a random interaction for a third of the combinations.
     * Each cell draws a library size ``L ~ library_size * LogNormal(0, 0.3)`` and counts
       ``k_g ~ NegBinom(mean = L * softmax(mu_c + delta)_g, dispersion)``.
     * Every context has ``control_cells`` controls; the first context measures every perturbation, the
       others a random fraction ``coverage`` of them.
 
-    The ground truth (expected log1p pseudobulk of every context × perturbation, measured or not) is exact up
-    to the normalisation by the expected instead of the realised library size (see data/README.md).
+    The ground truth is the expected log1p pseudobulk of every context × perturbation, measured or not (see
+    data/README.md for how it is computed and checked).
 
     Parameters
     ----------
@@ -131,9 +135,9 @@ def simulate(
     cells_per_condition, control_cells
         Cells per perturbed condition and per context's control.
     context_divergence
-        Fraction of each regulator's mechanism redrawn per context, in [0, 1].
+        Fraction of regulators' mechanisms redrawn in the most distant context, in [0, 1].
     context_shift
-        Scale of the context-specific baseline shift.
+        Scale of the context-specific baseline shift (of the most distant context).
     coverage
         Fraction of perturbations measured in each context after the first, in (0, 1].
     effect_size
@@ -190,12 +194,13 @@ def simulate(
     scale = 0.5 / radius if radius > 0.5 else 1.0
     perturbations = [CONTROL] + singles + combos
     rows, truth_eta, rewired, networks = [], [], [], []
-    for c in contexts:
-        W, frac = _context_network(rng, W0, context_divergence, n_programs, regulators, targets_per_regulator)
+    positions = np.linspace(0.5, 1.0, n_contexts) if n_contexts > 1 else np.ones(1)
+    for c, t in zip(contexts, positions, strict=True):
+        W, frac = _context_network(rng, W0, context_divergence * t, n_programs, regulators, targets_per_regulator)
         W *= scale
         networks.append(W)
         rewired.append(frac)
-        mu = mu0 + context_shift * rng.normal(0, 1, n_genes)
+        mu = mu0 + context_shift * t * rng.normal(0, 1, n_genes)
         inverse = np.linalg.inv(np.eye(n_genes) - W)
         for p in perturbations:
             u = np.zeros(n_genes)
@@ -251,6 +256,7 @@ def simulate(
         "truth_measured": measured,
         "contexts": np.array(contexts),
         "rewired": np.array(rewired),
+        "positions": positions,
         "strength": np.array([strength[g] for g in genes[regulators]]),
         "mechanism_overlap": overlap,
     }

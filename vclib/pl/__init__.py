@@ -12,8 +12,16 @@ from vclib.pl._coverage import (
     transfer_pairs,
     transfer_vs_truth,
 )
-from vclib.pl._failures import delta_scatter, error_vs_covariate, hit_rate_curves, regime_map, spread
+from vclib.pl._failures import (
+    delta_scatter,
+    error_vs_covariate,
+    failure_gallery,
+    hit_rate_curves,
+    regime_map,
+    spread,
+)
 
 __all__ = ["coverage_heatmap", "delta_scatter", "distance_heatmap", "distance_vs_transfer", "effect_sizes",
-           "error_vs_covariate", "hit_rate_curves", "leaderboard", "next_experiments", "overlap_heatmap",
-           "regime_map", "spread", "target_coverage", "transfer_pairs", "transfer_vs_truth", "versus_baseline"]
+           "error_vs_covariate", "failure_gallery", "hit_rate_curves", "leaderboard", "next_experiments",
+           "overlap_heatmap", "regime_map", "spread", "target_coverage", "transfer_pairs", "transfer_vs_truth",
+           "versus_baseline"]

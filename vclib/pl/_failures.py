@@ -139,3 +139,32 @@ def delta_scatter(predicted: np.ndarray, observed: np.ndarray, *, title: str = "
     ax.set_xlabel("observed delta")
     ax.set_ylabel("predicted delta")
     return ax
+
+
+def failure_gallery(worst: pd.DataFrame, predictions, observed, *, model: str, axes=None) -> np.ndarray:
+    """Predicted against observed delta for each row of :func:`vclib.failures.worst_conditions`; returns the Axes.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> obs = pd.DataFrame({"model": "m", "split": "s", "fold": "0", "context": "c", "perturbation": "p"},
+    ...                    index=["m|p"])
+    >>> pred = ad.AnnData(np.ones((1, 3), dtype=np.float32), obs=obs)
+    >>> observed = ad.AnnData(np.ones((1, 3), dtype=np.float32), obs=pd.DataFrame(index=["c|p"]))
+    >>> axes = failure_gallery(obs.reset_index(drop=True), pred, observed, model="m")
+    """
+    from vclib.failures import predicted_delta
+
+    if axes is None:
+        _, axes = plt.subplots(1, max(len(worst), 1), figsize=(3.6 * max(len(worst), 1), 3.8), squeeze=False)
+        axes = axes[0]
+    for ax, row in zip(axes, worst.itertuples(index=False), strict=False):
+        name = f"{row.context}|{row.perturbation}"
+        pred = predicted_delta(predictions, model=model, split=row.split, fold=row.fold, context=row.context,
+                               perturbation=row.perturbation)
+        if pred is None:
+            ax.set_title(f"no prediction for {name}")
+            continue
+        delta_scatter(pred, observed[name].X.ravel(), genes=list(observed.var_names), title=f"{row.split}\n{name}",
+                      ax=ax)
+    return np.asarray(axes)
