@@ -89,9 +89,19 @@ def test_run_all_notebooks(tmp_path):
     assert set(best["beats_best_baseline"]) <= {"yes", "no", "tie", "a baseline is best"}
     assert any((run_dir / "benchmark" / "cells").glob("*.csv"))
 
+    # notebook 03's tables and the run's report
+    conditions = pd.read_csv(run_dir / "failures_conditions.csv", dtype={"fold": str})
+    assert len(conditions) == (scores["perturbation"] != "*").sum()
+    assert conditions["n_training_contexts"].notna().all()
+    assert (run_dir / "failures_hit_rate.csv").exists() and (run_dir / "failures_worst.csv").exists()
+    index = (run_dir / "index.html").read_text()
+    for path in runner.notebooks():
+        assert path.with_suffix(".html").name in index
+    assert best["best_model"].iloc[0] in index
+
     # a second run goes to a new folder; resuming a finished run does nothing
     before = (run_dir / "01_context_coverage.ipynb").stat().st_mtime_ns
-    assert runner.run(parameters={"FAST": True, "DATASET": "simulated"}, resume=run_dir) == run_dir
+    assert runner.run(parameters={"FAST": True, "DATASET": "simulated"}, resume=run_dir, html=False) == run_dir
     assert (run_dir / "01_context_coverage.ipynb").stat().st_mtime_ns == before
 
 

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         "copies. Example sweep: for d in 0 0.5 1; do vclib run -p CONTEXT_DIVERGENCE $d; done",
     )
     run.add_argument("dataset", nargs="?", default=None,
-                     help="'simulated' (default) or a path to an .h5ad file")
+                     help="'simulated' (default), a registry name (vclib datasets list) or a path to an .h5ad")
     run.add_argument("--perturbation-key", help="obs column with the perturbation")
     run.add_argument("--context-key", help="obs column with the context ('none' for a single context)")
     run.add_argument("--control", help="label of the control cells")
@@ -91,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vclib: {err}", file=sys.stderr)
         return 2
     print(f"Executed notebooks and HTML copies are in {run_dir}/")
-    for path in sorted(run_dir.glob("*.html")):
-        print(f"  {path}")
+    if (run_dir / runner.REPORT_FILE).exists():
+        print(f"  report: {run_dir / runner.REPORT_FILE}")
+    figures = runner.key_figures(run_dir)
+    if figures is not None and len(figures):
+        shown = figures[["split", "metric", "best_model", "best_baseline", "beats_best_baseline", "calibrated"]]
+        print("\nKey figures (best model, best baseline, beats it beyond the noise?, calibrated score):")
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import ast
 import json
 from datetime import datetime
+from html import escape as html_escape
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill as pm
 from nbconvert import HTMLExporter
 
@@ -19,6 +21,7 @@ from vclib import __version__
 from vclib.schema import VclibInputError
 
 RUN_FILE = "run.json"
+REPORT_FILE = "index.html"
 
 
 def default_notebooks_dir() -> Path:
@@ -114,8 +117,8 @@ def run(
 
     Returns
     -------
-    The run folder, holding the executed notebooks, their HTML copies, ``run.json`` and every table the
-    notebooks wrote.
+    The run folder, holding the executed notebooks, their HTML copies, ``index.html`` (links to them and the
+    key figures), ``run.json`` and every table the notebooks wrote.
     """
     paths = notebooks(notebooks_dir)
     declared = declared_parameters(paths)
@@ -157,4 +160,47 @@ def run(
         if html:
             body, _ = HTMLExporter().from_notebook_node(nbformat.read(out, as_version=4))
             out.with_suffix(".html").write_text(body, encoding="utf-8")
+    if html:
+        (run_dir / REPORT_FILE).write_text(report(run_dir, paths), encoding="utf-8")
     return run_dir
+
+
+KEY_METRICS = ("pearson_delta", "discrimination_score_l1", "mse_delta")
+
+
+def key_figures(run_dir: str | Path, *, metrics=KEY_METRICS) -> pd.DataFrame | None:
+    """The run's headline: per split and key metric, the best model, whether it beats the best baseline, and its
+    calibrated score (from notebook 02's ``benchmark_best.csv``); None when there is no such table."""
+    path = Path(run_dir) / "benchmark_best.csv"
+    if not path.exists():
+        return None
+    best = pd.read_csv(path)
+    return best[best["metric"].isin(metrics)].reset_index(drop=True)
+
+
+def report(run_dir: str | Path, paths: list[Path]) -> str:
+    """One HTML page for a run: links to the executed notebooks and the key figures."""
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / RUN_FILE).read_text())
+    links = "".join(f'<li><a href="{html_escape(p.with_suffix(".html").name)}">{html_escape(p.stem)}</a></li>'
+                    for p in paths)
+    figures = key_figures(run_dir)
+    table = "<p>No benchmark table in this run.</p>"
+    if figures is not None and len(figures):
+        shown = figures[["split", "metric", "best_model", "best_mean", "best_baseline", "baseline_mean",
+                         "beats_best_baseline", "calibrated", "ceiling"]]
+        table = shown.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>vclib run {html_escape(run_dir.name)}</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}}</style></head><body>
+<h1>vclib run {html_escape(run_dir.name)}</h1>
+<p>vclib {html_escape(record["vclib_version"])}; parameters: {html_escape(json.dumps(record["parameters"]))}</p>
+<h2>Notebooks</h2><ol>{links}</ol>
+<h2>Key figures</h2>
+<p>Per split and metric: the best model, the best simple baseline, whether the best model beats it beyond the noise
+(paired bootstrap CI over test perturbations), and its calibrated score (0 = the best baseline, 1 = the split-half
+noise ceiling; not clipped).</p>
+{table}
+</body></html>
+"""
