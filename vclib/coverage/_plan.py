@@ -36,6 +36,12 @@ def _weights(summary: pd.DataFrame, contexts: list[str], *, min_shared: int) -> 
     return out
 
 
+def _link(source: str, target: str, info: dict) -> str:
+    """The transfer from source to target in words, with the numbers behind its weight."""
+    return (f"{source} → {target} transfer weight {info['weight']:.2f} (r = {info['transfer']:.2f} vs "
+            f"{info['chance']:.2f} for mismatched perturbations, {int(info['n_shared'])} shared)")
+
+
 def _check_targets(targets, contexts: list[str]) -> list[str]:
     if targets is None:
         return contexts
@@ -100,7 +106,7 @@ def target_coverage(
                 coverage, text = 1.0, f"measured in {t}"
             elif best:
                 coverage = best_w
-                text = f"not measured in {t}; best source {best} (transfers to {t} at {best_w:.2f} above chance)"
+                text = f"not measured in {t}; best source {best}: {_link(best, t, weights[(best, t)])}"
             elif sources:
                 coverage = 0.0
                 text = (f"measured only in {', '.join(sources)}, whose transfer to {t} is unknown "
@@ -216,8 +222,7 @@ def next_experiments(
             w = info["weight"] if info else np.nan
             if not np.isfinite(w) or w <= 0:
                 continue
-            link = (f"{c} transfers to {t} at {w:.2f} above chance (r = {info['transfer']:.2f} vs "
-                    f"{info['chance']:.2f} for mismatched perturbations, {int(info['n_shared'])} shared)")
+            link = _link(c, t, info)
             gains = {p: w - cov.loc[p, "coverage"] for p in missing_t if not measured.loc[p, c]}
             gains = {p: g for p, g in gains.items() if g > 1e-12}
             for p, g in gains.items():

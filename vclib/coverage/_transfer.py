@@ -86,6 +86,16 @@ def _finite_row_mean(M: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / count, np.nan)
 
 
+def _ratio_rows(R: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the sum of R over the entries where R and W are finite, divided by the sum of W there (NaN when
+    nothing is defined), and that sum of W."""
+    ok = np.isfinite(R) & np.isfinite(W)
+    num = np.where(ok, R, 0.0).sum(axis=1)
+    den = np.where(ok, W, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan), den
+
+
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise VclibInputError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}.")
@@ -185,7 +195,8 @@ def transferability(
     above 1 (counted in :func:`summarize_transfer`), and it is undefined (NaN) when a reliability is ≤ 0.
     ``chance`` is the mean correlation of this perturbation's response in ``context_a`` with *other* shared
     perturbations' responses in ``context_b`` (all of them for complete data; ``n_mismatched`` random ones when
-    values are missing, where each correlation has its own gene set).
+    values are missing, where each correlation has its own gene set). ``chance_corrected`` is the same corrected
+    as a ratio, ``Σ r / Σ sqrt(rel_a · rel_b)`` over those partners, and ``chance_weight`` that denominator.
 
     Parameters
     ----------
@@ -207,8 +218,8 @@ def transferability(
     Returns
     -------
     DataFrame with one row per (``context_a`` < ``context_b``, ``perturbation``) measured in both: ``r``,
-    ``reliability_a``, ``reliability_b``, ``r_corrected``, ``chance``, ``chance_corrected``, ``n_mismatched``,
-    ``n_genes``, ``method``. Empty (same columns) with fewer than two contexts.
+    ``reliability_a``, ``reliability_b``, ``r_corrected``, ``chance``, ``chance_corrected``, ``chance_weight``,
+    ``n_mismatched``, ``n_genes``, ``method``. Empty (same columns) with fewer than two contexts.
 
     References
     ----------
@@ -224,7 +235,7 @@ def transferability(
     ['context_a', 'context_b', 'perturbation', 'r']
     """
     columns = ["context_a", "context_b", "perturbation", "r", "reliability_a", "reliability_b", "r_corrected",
-               "chance", "chance_corrected", "n_mismatched", "n_genes", "method"]
+               "chance", "chance_corrected", "chance_weight", "n_mismatched", "n_genes", "method"]
     check_columns(data.obs, [perturbation_key, context_key])
     signature = _is_signature(data)
     method = method or ("spearman" if signature else "pearson")
@@ -271,31 +282,31 @@ def transferability(
         if complete:
             C = _unit_rows(V[ia], method) @ _unit_rows(V[ib], method).T
             r = np.diag(C).copy()
-            with np.errstate(invalid="ignore"):
-                Cc = C / scale
+            W = scale.copy()
             np.fill_diagonal(C, np.nan)
-            np.fill_diagonal(Cc, np.nan)
-            chance, chance_c = _finite_row_mean(C), _finite_row_mean(Cc)
+            np.fill_diagonal(W, np.nan)
+            chance, (chance_c, chance_w) = _finite_row_mean(C), _ratio_rows(C, W)
             n_mis, n_genes = np.full(k, k - 1), np.full(k, V.shape[1])
         else:
             r, n_genes = map(np.array, zip(*(_corr_one(V[i], V[j], method) for i, j in zip(ia, ib, strict=True)),
                                            strict=True))
-            chance, chance_c, n_mis = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=int)
+            chance, chance_c, chance_w = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k)
+            n_mis = np.zeros(k, dtype=int)
             for s in range(k):
                 others = np.delete(np.arange(k), s)
                 if others.size == 0:
                     continue
                 partners = np.sort(rng.choice(others, min(n_mismatched, others.size), replace=False))
                 cs = np.array([[_corr_one(V[ia[s]], V[ib[q]], method)[0] for q in partners]])
-                with np.errstate(invalid="ignore"):
-                    cc = cs / scale[s, partners]
-                chance[s], chance_c[s], n_mis[s] = _finite_row_mean(cs)[0], _finite_row_mean(cc)[0], partners.size
+                (chance_c[s],), (chance_w[s],) = _ratio_rows(cs, scale[s, partners][None, :])
+                chance[s], n_mis[s] = _finite_row_mean(cs)[0], partners.size
         with np.errstate(invalid="ignore"):
             r_corr = r / np.diag(scale)
         parts.append(pd.DataFrame({
             "context_a": a, "context_b": b, "perturbation": shared, "r": r, "reliability_a": rel_a,
             "reliability_b": rel_b, "r_corrected": r_corr, "chance": chance, "chance_corrected": chance_c,
-            "n_mismatched": n_mis.astype(int), "n_genes": n_genes.astype(int), "method": method,
+            "chance_weight": chance_w, "n_mismatched": n_mis.astype(int), "n_genes": n_genes.astype(int),
+            "method": method,
         }))
     if not parts:
         return pd.DataFrame(columns=columns)
@@ -314,12 +325,16 @@ def summarize_transfer(transfer: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     DataFrame with ``context_a``, ``context_b``, ``n_shared``, ``method``, ``same_raw`` / ``chance_raw`` (means
-    of ``r`` / ``chance``), ``same_median``, ``same_corrected`` / ``chance_corrected`` (means over the
-    perturbations where the correction is defined), ``transfer`` and ``chance`` (the corrected values where
+    of ``r`` / ``chance``), ``same_median``, ``same_corrected`` / ``chance_corrected`` (noise-corrected, as
+    ratios ``Σ r / Σ sqrt(rel_a · rel_b)`` over the perturbations where the correction is defined: the
+    reliability-weighted mean of ``r_corrected``, which does not explode on perturbations whose responses are
+    near noise), ``transfer`` and ``chance`` (the corrected values where
     available, else raw; ``kind`` says which), ``beyond_chance`` = ``transfer − chance``,
     ``n_corrected_above_1`` (corrections that exceeded 1 because reliabilities are noisy; kept, not clipped),
-    ``n_correction_undefined``, ``reliability_a`` / ``reliability_b`` (medians), ``true_transfer`` (mean
-    ``r_true``) and ``mechanism_overlap`` (when :func:`true_transfer` added them) and ``note``.
+    ``n_correction_undefined``, ``reliability_a`` / ``reliability_b`` (medians), ``note``, and when
+    :func:`true_transfer` added the truth: ``true_transfer`` (mean ``r_true`` over the shared perturbations),
+    ``true_transfer_weighted`` (the same with the weights of ``same_corrected``, what it estimates: a
+    perturbation whose response is near noise says little about its own transfer) and ``mechanism_overlap``.
 
     Examples
     --------
@@ -331,13 +346,19 @@ def summarize_transfer(transfer: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (a, b), g in transfer.groupby(["context_a", "context_b"], sort=True):
         corrected = g["r_corrected"].astype(float)
-        defined = int(corrected.notna().sum())
+        ok = corrected.notna().to_numpy()
+        defined = int(ok.sum())
         kind = "corrected" if defined else "raw"
+        product = (g["reliability_a"].astype(float) * g["reliability_b"].astype(float)).to_numpy()
+        weight = np.sqrt(np.where(ok, product, 0.0))
+        chance_w = g["chance_weight"].astype(float).fillna(0).to_numpy() if "chance_weight" in g else np.zeros(len(g))
+        chance_ok = chance_w > 0
         row = {
             "context_a": a, "context_b": b, "n_shared": len(g), "method": g["method"].iloc[0],
             "same_raw": g["r"].mean(), "chance_raw": g["chance"].mean(), "same_median": g["r"].median(),
-            "same_corrected": corrected.mean() if defined else np.nan,
-            "chance_corrected": g["chance_corrected"].mean() if defined else np.nan,
+            "same_corrected": g["r"].to_numpy()[ok].sum() / weight[ok].sum() if defined else np.nan,
+            "chance_corrected": ((g["chance_corrected"].to_numpy()[chance_ok] * chance_w[chance_ok]).sum()
+                                 / chance_w[chance_ok].sum()) if chance_ok.any() else np.nan,
         }
         row["transfer"] = row["same_corrected"] if defined else row["same_raw"]
         row["chance"] = row["chance_corrected"] if defined else row["chance_raw"]
@@ -350,6 +371,8 @@ def summarize_transfer(transfer: pd.DataFrame) -> pd.DataFrame:
             row[side] = values.median() if len(values) else np.nan
         if "r_true" in g:
             row["true_transfer"] = g["r_true"].mean()
+            row["true_transfer_weighted"] = ((g["r_true"].to_numpy()[ok] * weight[ok]).sum() / weight[ok].sum()
+                                             if defined else np.nan)
         if "mechanism_overlap" in g:
             row["mechanism_overlap"] = g["mechanism_overlap"].iloc[0]
         notes = []
@@ -366,8 +389,8 @@ def summarize_transfer(transfer: pd.DataFrame) -> pd.DataFrame:
     columns = ["context_a", "context_b", "n_shared", "method", "same_raw", "chance_raw", "same_median",
                "same_corrected", "chance_corrected", "transfer", "chance", "beyond_chance", "kind",
                "n_corrected_above_1", "n_correction_undefined", "reliability_a", "reliability_b"]
-    columns += [c for c, source in (("true_transfer", "r_true"), ("mechanism_overlap", "mechanism_overlap"))
-                if source in transfer]
+    columns += [c for c, source in (("true_transfer", "r_true"), ("true_transfer_weighted", "r_true"),
+                                    ("mechanism_overlap", "mechanism_overlap")) if source in transfer]
     return pd.DataFrame(rows, columns=columns + ["note"])
 
 

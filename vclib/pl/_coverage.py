@@ -154,9 +154,15 @@ def transfer_pairs(summary: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.
     return ax
 
 
-def transfer_vs_truth(summary: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
+def transfer_vs_truth(
+    summary: pd.DataFrame,
+    *,
+    truth: str = "true_transfer_weighted",
+    ax: plt.Axes | None = None,
+) -> plt.Axes:
     """Estimated transferability (raw and corrected) against the simulator's truth, one point per pair of
-    contexts (a :func:`vclib.coverage.summarize_transfer` table with ``true_transfer``).
+    contexts (a :func:`vclib.coverage.summarize_transfer` table with the truth columns). ``truth``:
+    ``"true_transfer_weighted"`` (weighted as the estimate is) or ``"true_transfer"`` (plain mean).
 
     Examples
     --------
@@ -168,14 +174,15 @@ def transfer_vs_truth(summary: pd.DataFrame, *, ax: plt.Axes | None = None) -> p
     ax = _axes(ax, (4.2, 4))
     if summary.empty:
         return _no_pairs(ax, "pairs of contexts")
-    ax.scatter(summary["true_transfer"], summary["same_raw"], color="C0", label="raw")
+    ax.scatter(summary[truth], summary["same_raw"], color="C0", label="raw")
     if summary["same_corrected"].notna().any():
-        ax.scatter(summary["true_transfer"], summary["same_corrected"], color="C3", label="noise-corrected")
-    values = summary[["true_transfer", "same_raw", "same_corrected"]].to_numpy(dtype=float)
+        ax.scatter(summary[truth], summary["same_corrected"], color="C3", label="noise-corrected")
+    values = summary[[truth, "same_raw", "same_corrected"]].to_numpy(dtype=float)
     lo, hi = np.nanmin(values), np.nanmax(values)
     pad = 0.05 * (hi - lo + 1e-9)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", ls="--", lw=1, label="estimate = truth")
-    ax.set_xlabel("true transferability (simulator)")
+    ax.set_xlabel("true transferability (simulator" + (", reliability-weighted)" if truth.endswith("weighted")
+                                                       else ")"))
     ax.set_ylabel("estimated transferability")
     ax.set_title("Estimate vs ground truth, per pair of contexts")
     ax.legend(fontsize="small")
