@@ -54,7 +54,7 @@ if folder.exists():
     parts = []
     for name, file in SIGNATURES.items():
         # Drug names such as "(+)-JQ1" contain '+': a separator absent from every label keeps them whole.
-        sig = vc.loaders.read(folder / file, values="signature", combination_sep="\x1f")
+        sig = vc.loaders.read(folder / file, values="signature", combination_sep=None)
         pairs = vc.coverage.summarize_transfer(vc.coverage.transferability(sig, seed=0))
         parts.append(pairs.assign(dataset=name))
     table = pd.concat(parts, ignore_index=True)

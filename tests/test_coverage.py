@@ -363,7 +363,7 @@ def test_widget_switches_target(sim):
 
 @pytest.mark.realdata
 def test_real_signatures_same_perturbation_beats_chance():
-    sig = vc.loaders.read(real_file(NEURIPS), values="signature", combination_sep="\x1f")
+    sig = vc.loaders.read(real_file(NEURIPS), values="signature", combination_sep=None)
     summary = vc.coverage.summarize_transfer(vc.coverage.transferability(sig))
     assert len(summary) == 6 and (summary["n_shared"] == 135).all()
     assert (summary["same_raw"] > summary["chance_raw"] + 0.05).all()

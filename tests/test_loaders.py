@@ -193,3 +193,13 @@ def test_file_round_trip_and_backed(sim, tmp_path):
                              combination_sep="_", backed=True)
     assert backed.isbacked and backed.uns["vclib"]["values"] == "counts"
     vc.schema.validate(backed)
+
+
+def test_drug_names_with_plus_are_single_perturbations(sim):
+    drugs = sim.copy()
+    labels = drugs.obs["perturbation"].astype(str)
+    drugs.obs["perturbation"] = labels.where(labels != "G0001", "(+)-JQ1").where(labels != "control", "DMSO")
+    out = vc.loaders.read(drugs, control="DMSO", combination_sep=None)
+    assert "(plus)-JQ1" in set(out.obs["perturbation"]) and "control" in set(out.obs["perturbation"])
+    assert set(out.obs.loc[out.obs["perturbation"] == "(plus)-JQ1", "perturbation_original"]) == {"(+)-JQ1"}
+    assert not any("+" in p for p in out.obs["perturbation"].unique() if "G0" not in p)

@@ -67,10 +67,12 @@ def targets(perturbation: str) -> list[str]:
     return perturbation.split(COMBINATION_SEP)
 
 
-def canonical_label(label: str, *, control: str, sep: str = COMBINATION_SEP) -> str:
+def canonical_label(label: str, *, control: str, sep: str | None = COMBINATION_SEP) -> str:
     """Write a user's perturbation label in the contract: control as :data:`CONTROL`, targets sorted, ``+``.
 
-    Parts equal to the control label are dropped, so GEARS' ``"KLF1+ctrl"`` becomes ``"KLF1"``.
+    Parts equal to the control label are dropped, so GEARS' ``"KLF1+ctrl"`` becomes ``"KLF1"``. With
+    ``sep=None`` every label is one perturbation. A ``+`` inside a single perturbation's name (a drug such as
+    ``"(+)-JQ1"``) is written ``plus``, because ``+`` means a combination in the contract.
 
     Examples
     --------
@@ -78,11 +80,15 @@ def canonical_label(label: str, *, control: str, sep: str = COMBINATION_SEP) -> 
     'KLF1+MAP2K6'
     >>> canonical_label("KLF1+ctrl", control="ctrl")
     'KLF1'
+    >>> canonical_label("(+)-JQ1", control="DMSO", sep=None)
+    '(plus)-JQ1'
     """
     label = str(label).strip()
     if label == control:
         return CONTROL
-    parts = [p.strip() for p in label.split(sep)]
+    parts = [label] if sep is None else [p.strip() for p in label.split(sep)]
+    if sep != COMBINATION_SEP:
+        parts = [p.replace(COMBINATION_SEP, "plus") for p in parts]
     parts = sorted({p for p in parts if p and p != control})
     if not parts:
         return CONTROL

@@ -69,7 +69,7 @@ def read(
     perturbation_key: str = PERTURBATION_KEY,
     context_key: str | None = CONTEXT_KEY,
     control: str = CONTROL,
-    combination_sep: str = schema.COMBINATION_SEP,
+    combination_sep: str | None = schema.COMBINATION_SEP,
     layer: str | None = None,
     values: str = "auto",
     backed: bool = False,
@@ -94,6 +94,9 @@ def read(
         Label of the unperturbed cells in ``perturbation_key`` (e.g. ``"ctrl"``, ``"non-targeting"``).
     combination_sep
         Separator of combination labels in your data (e.g. ``"_"``); written as ``"+"`` in the contract.
+        ``None``: every label is a single perturbation (drug screens: a ``+`` in a name such as ``"(+)-JQ1"`` is
+        then written ``plus``). Relabelled perturbations keep their original label in
+        ``obs["perturbation_original"]``.
     layer
         Take the expression matrix from this layer instead of ``X`` (e.g. ``"counts"``).
     values
@@ -149,9 +152,10 @@ def read(
                 f"{control!r}, written {CONTROL!r} in vclib's contract); rename that perturbation first."
             )
     labels = obs[PERTURBATION_KEY].cat.categories
-    obs[PERTURBATION_KEY] = obs[PERTURBATION_KEY].map(
-        {x: schema.canonical_label(x, control=control, sep=combination_sep) for x in labels}
-    ).astype("category")
+    mapping = {x: schema.canonical_label(x, control=control, sep=combination_sep) for x in labels}
+    if any(k != v for k, v in mapping.items() if k != control) and "perturbation_original" not in obs:
+        obs["perturbation_original"] = obs[PERTURBATION_KEY].copy()
+    obs[PERTURBATION_KEY] = obs[PERTURBATION_KEY].map(mapping).astype("category")
     if values == "auto" and found not in (COUNTS, LOG1P):
         raise VclibInputError(_REFUSALS[found])
 
