@@ -199,9 +199,17 @@ def test_perfect_prediction_scores_best_on_every_metric(data):
     adata, de, pb = data
     table = M.evaluate(pb, adata, observed_de=de)
     assert set(table["metric"]) == set(M.REGISTRY)
+    n_de = pd.Series(de.significant(0.05).sum(axis=1), index=de.conditions.index)
     for name, info in M.REGISTRY.items():
-        if info.perfect is not None:
-            np.testing.assert_allclose(_values(table, name), info.perfect, atol=1e-9, err_msg=name)
+        if info.perfect is None:
+            continue
+        rows = table[table["metric"] == name]
+        values = rows["value"].to_numpy(dtype=float)
+        np.testing.assert_allclose(values[np.isfinite(values)], info.perfect, atol=1e-9, err_msg=name)
+        # undefined only where the observation gives nothing to find (no DE genes, or fewer than 2 to correlate)
+        ids = (rows["context"] + "|" + rows["perturbation"]).to_numpy()
+        needed = {"pearson_delta_top_de": 2, "de_spearman_lfc_sig": 2}.get(name, 1 if name in M.DE_METRICS else 0)
+        assert (np.isnan(values) == (n_de.loc[ids].to_numpy() < needed)).all(), name
     # hit rate: a perfect prediction finds as many hits as the data allow, no predictor finds more
     control = M.evaluate(M.predict_control(adata), adata, observed_de=de, metrics=["hit_rate_at_k"])
     assert (_values(table, "hit_rate_at_k") >= _values(control, "hit_rate_at_k")).all()

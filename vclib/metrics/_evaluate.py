@@ -61,7 +61,7 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in [
     Metric("rank", False, 0.0, 0.5, "mode-collapse rank: rank of a condition's own prediction among all "
            "predictions, as a fraction (0 perfect, 0.5 chance; PerturBench)"),
     Metric("overlap_at_N", True, 1.0, None, "|top-N predicted ∩ top-N observed DE genes| / N, N = number of "
-           "observed DE genes, genes ranked by |lfc|"),
+           "observed DE genes, genes ranked by |lfc|; undefined without observed DE genes"),
     Metric("precision_at_N", True, 1.0, None, "fraction of the predicted DE genes among the same number of "
            "top observed DE genes (cell-eval's definition)"),
     Metric("de_direction_match", True, 1.0, None, "fraction of observed DE genes whose predicted lfc has the "
@@ -155,6 +155,7 @@ def evaluate(
     epsilon: float = 1e-9,
     hit_k: int = 10,
     hit_min_de: int = 10,
+    no_de: float = np.nan,
     observed_de: DEResult | None = None,
     de_options: dict | None = None,
     model: str | None = None,
@@ -196,6 +197,9 @@ def evaluate(
         FDR threshold of DE genes and lfc pseudocount.
     hit_k, hit_min_de
         ``hit_rate_at_k``: k, and the observed DE genes that make a perturbation a hit.
+    no_de
+        ``overlap_at_N`` / ``precision_at_N`` of a condition without observed DE genes: NaN (undefined, the
+        default) or 0 (cell-eval's convention).
     observed_de
         DE of the observed cells from :func:`rank_genes`, to compute it once for many models.
     de_options
@@ -281,7 +285,7 @@ def evaluate(
     if any(m in DE_METRICS for m in metrics):
         table = pd.concat([table, _de_metrics(
             pred, obs, pred_pb, names, metrics, pred_ctrl=pred_ctrl, dP=dP, dO=dO, fdr=fdr, epsilon=epsilon,
-            top_de=top_de, hit_k=hit_k, hit_min_de=hit_min_de, observed_de=observed_de,
+            top_de=top_de, hit_k=hit_k, hit_min_de=hit_min_de, no_de=no_de, observed_de=observed_de,
             predicted_control=predicted_control, de_options=de_options or {})], ignore_index=True)
     if model is not None:
         table["model"] = model
@@ -360,7 +364,7 @@ def _top_abs(lfc: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 
 def _de_metrics(pred, obs, pred_pb, names, metrics, *, pred_ctrl, dP, dO, fdr, epsilon, top_de, hit_k,
-                hit_min_de, observed_de, predicted_control, de_options) -> pd.DataFrame:
+                hit_min_de, no_de, observed_de, predicted_control, de_options) -> pd.DataFrame:
     obs_de = observed_de if observed_de is not None else rank_genes(obs, epsilon=epsilon, **de_options)
     obs_de = obs_de.subset(names)
     obs_sig = obs_de.significant(fdr)
@@ -386,9 +390,9 @@ def _de_metrics(pred, obs, pred_pb, names, metrics, *, pred_ctrl, dP, dO, fdr, e
             top[i, sig[np.argsort(obs_de.pvalue[i, sig], kind="stable")[:top_de]]] = True
         values["pearson_delta_top_de"] = np.where(top.sum(axis=1) >= 2, fn.pearson(dP, dO, mask=top), np.nan)
     if "overlap_at_N" in metrics:
-        values["overlap_at_N"] = fn.de_overlap(pred_lfc, pred_sig, obs_de.lfc, top_obs)
+        values["overlap_at_N"] = fn.de_overlap(pred_lfc, pred_sig, obs_de.lfc, top_obs, no_de=no_de)
     if "precision_at_N" in metrics:
-        values["precision_at_N"] = fn.de_precision(pred_lfc, pred_sig, obs_de.lfc, top_obs)
+        values["precision_at_N"] = fn.de_precision(pred_lfc, pred_sig, obs_de.lfc, top_obs, no_de=no_de)
     if "de_direction_match" in metrics:
         values["de_direction_match"] = fn.de_direction(pred_lfc, obs_de.lfc, obs_sig)
     if "de_spearman_lfc_sig" in metrics:

@@ -308,9 +308,12 @@ def _ordered_significant(lfc_row: np.ndarray, sig_row: np.ndarray) -> np.ndarray
     return idx[np.argsort(-np.abs(lfc_row[idx]).astype(np.float32), kind="stable")]
 
 
-def de_overlap(pred_lfc, pred_sig, obs_lfc, obs_sig, *, k: int | None = None) -> np.ndarray:
+def de_overlap(pred_lfc, pred_sig, obs_lfc, obs_sig, *, k: int | None = None, no_de: float = np.nan) -> np.ndarray:
     """overlap@N per row: ``|top-N predicted ∩ top-N observed| / N`` with genes ranked by |lfc| among the
-    significant ones and ``N`` = number of observed DE genes (or ``min(k, N)``). 0 when nothing is significant.
+    significant ones and ``N`` = number of observed DE genes (or ``min(k, N)``).
+
+    A row whose observation has no DE gene has nothing to find: it scores ``no_de`` (NaN, undefined; cell-eval
+    writes 0). A prediction with no DE gene against an observation with some scores 0.
 
     Examples
     --------
@@ -324,19 +327,26 @@ def de_overlap(pred_lfc, pred_sig, obs_lfc, obs_sig, *, k: int | None = None) ->
     for i in range(len(obs_lfc)):
         real, pred = _ordered_significant(obs_lfc[i], obs_sig[i]), _ordered_significant(pred_lfc[i], pred_sig[i])
         n = real.size if k is None else min(k, real.size)
-        if n and pred.size:
+        if n == 0:
+            out[i] = no_de
+        elif pred.size:
             out[i] = np.intersect1d(real[:n], pred[:n]).size / n
     return out
 
 
-def de_precision(pred_lfc, pred_sig, obs_lfc, obs_sig, *, k: int | None = None) -> np.ndarray:
+def de_precision(pred_lfc, pred_sig, obs_lfc, obs_sig, *, k: int | None = None, no_de: float = np.nan) -> np.ndarray:
     """precision@k per row: of the top-k predicted DE genes (k = number predicted if None), the fraction
-    among the top-k observed DE genes (cell-eval's definition: both lists cut at k). 0 if none predicted."""
+    among the top-k observed DE genes (cell-eval's definition: both lists cut at k).
+
+    0 when the prediction has no DE gene; ``no_de`` (NaN; cell-eval: 0) when the observation has none.
+    """
     out = np.zeros(len(obs_lfc))
     for i in range(len(obs_lfc)):
         real, pred = _ordered_significant(obs_lfc[i], obs_sig[i]), _ordered_significant(pred_lfc[i], pred_sig[i])
         n = pred.size if k is None else min(k, pred.size)
-        if n and real.size:
+        if real.size == 0:
+            out[i] = no_de
+        elif n:
             out[i] = np.intersect1d(real[:n], pred[:n]).size / n
     return out
 
