@@ -301,3 +301,18 @@ def test_run_rejects_unknown_names(data):
         vc.benchmark.run(adata, splits=["loco"], progress=False)
     with pytest.raises(VclibInputError, match="unknown model 'cpa'"):
         vc.benchmark.run(adata, models=["cpa"], progress=False)
+
+
+def test_best_models_by_hand():
+    rng = np.random.default_rng(0)
+    perts = [f"p{i}" for i in range(40)]
+    frames = []
+    for model, shift in [("training_mean", 0.0), ("linear", 0.1), ("mlp", 0.3), ("ceiling", 0.5)]:
+        frames.append(pd.DataFrame({"model": model, "split": "s", "fold": "0", "seed": 0, "context": "c",
+                                    "perturbation": perts, "metric": "pearson_delta",
+                                    "value": 0.2 + shift + rng.normal(0, 0.01, 40)}))
+    partial = frames[0].assign(model="additive", value=np.r_[np.full(36, np.nan), np.full(4, 0.99)])
+    best = vc.benchmark.best_models(pd.concat(frames + [partial]), n_boot=300).iloc[0]
+    assert best["best_model"] == "mlp" and best["best_baseline"] == "linear"  # additive: 90% undefined, not ranked
+    assert best["beats_best_baseline"] == "yes" and best["learned_vs_baseline"] == "yes"
+    assert best["calibrated"] == pytest.approx((0.5 - 0.3) / (0.7 - 0.3), abs=0.05)  # (u - b) / (c - b)

@@ -261,7 +261,8 @@ def best_models(
     seed: int | None = 0,
 ) -> pd.DataFrame:
     """Who wins where: per split and metric, the best model, the best baseline, and whether the first beats the
-    second beyond the noise, with the calibrated score ``(u − b) / (c − b)`` against that best baseline.
+    second beyond the noise, with the calibrated score ``(u − b) / (c − b)`` against that best baseline. Models
+    with more than 10% undefined values on a metric are not ranked on it.
 
     Parameters
     ----------
@@ -278,7 +279,8 @@ def best_models(
     -------
     One row per (split, metric): ``best_model``, ``best_mean``, ``best_baseline``, ``baseline_mean``,
     ``ceiling``, ``beats_best_baseline`` (``yes`` / ``tie`` / ``no``, or ``a baseline is best``) with the paired
-    ``difference`` and its CI, and ``calibrated``.
+    ``difference`` and its CI, and ``calibrated``; and for the best learned (non-baseline) model, wherever it
+    ranks: ``best_learned``, ``learned_mean``, ``learned_vs_baseline`` and ``learned_calibrated``.
     """
     baselines = list(BASELINES) if baselines is None else list(baselines)
     summary = aggregate(scores, n_boot=n_boot, seed=seed)
@@ -286,7 +288,9 @@ def best_models(
     for (split, metric), group in summary[summary["model"] != CEILING].groupby(["split", "metric"], sort=True):
         if metrics is not None and metric not in metrics:
             continue
-        group = group.dropna(subset=["mean"])
+        # a model scored on only some conditions (e.g. the additive baseline's correlations, undefined for
+        # singles) cannot be ranked by a mean over a different set: it needs 90% of its conditions defined
+        group = group[group["n"] >= 0.9 * (group["n"] + group["n_nan"])].dropna(subset=["mean"])
         base = group[group["model"].isin(baselines)]
         if group.empty or base.empty:
             continue
@@ -296,17 +300,21 @@ def best_models(
         ceiling_rows = summary[(summary["model"] == CEILING) & (summary["split"] == split)
                                & (summary["metric"] == metric)]
         c = ceiling_rows["mean"].iloc[0] if len(ceiling_rows) else np.nan
+        span = c - best_base["mean"]
         row = {"split": split, "metric": metric, "best_model": best["model"], "best_mean": best["mean"],
                "best_baseline": best_base["model"], "baseline_mean": best_base["mean"], "ceiling": c,
                "beats_best_baseline": "a baseline is best", "difference": 0.0, "ci_low": np.nan,
-               "ci_high": np.nan}
-        if best["model"] != best_base["model"]:
+               "ci_high": np.nan, "calibrated": (best["mean"] - best_base["mean"]) / span if span else np.nan}
+        learned = group[~group["model"].isin(baselines)]
+        if len(learned):  # the best learned model, however it ranks, against the best baseline
+            model = pick(learned)
             pair = scores[(scores["split"] == split) & (scores["metric"] == metric)
-                          & scores["model"].isin([best["model"], best_base["model"]])]
+                          & scores["model"].isin([model["model"], best_base["model"]])]
             diff = compare(pair, baseline=best_base["model"], n_boot=n_boot, seed=seed).iloc[0]
-            row.update(beats_best_baseline=diff["better"], difference=diff["difference"], ci_low=diff["ci_low"],
-                       ci_high=diff["ci_high"])
-        span = c - best_base["mean"]
-        row["calibrated"] = (best["mean"] - best_base["mean"]) / span if span else np.nan
+            row.update(best_learned=model["model"], learned_mean=model["mean"], learned_vs_baseline=diff["better"],
+                       learned_calibrated=(model["mean"] - best_base["mean"]) / span if span else np.nan)
+            if model["model"] == best["model"]:
+                row.update(beats_best_baseline=diff["better"], difference=diff["difference"],
+                           ci_low=diff["ci_low"], ci_high=diff["ci_high"])
         rows.append(row)
     return pd.DataFrame(rows)

@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  report: {run_dir / runner.REPORT_FILE}")
     figures = runner.key_figures(run_dir)
     if figures is not None and len(figures):
-        shown = figures[["split", "metric", "best_model", "best_baseline", "beats_best_baseline", "calibrated"]]
-        print("\nKey figures (best model, best baseline, beats it beyond the noise?, calibrated score):")
+        shown = figures[[c for c in ["split", "metric", "best_model", "best_baseline", "beats_best_baseline",
+                                     "best_learned", "learned_vs_baseline", "learned_calibrated"] if c in figures]]
+        print("\nKey figures (best model and best baseline; does the best learned model beat that baseline beyond "
+              "the noise, and where does it sit between the baseline (0) and the noise ceiling (1)?):")
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 

@@ -166,6 +166,9 @@ def run(
 
 
 KEY_METRICS = ("pearson_delta", "discrimination_score_l1", "mse_delta")
+FIGURE_COLUMNS = ("split", "metric", "best_model", "best_mean", "best_baseline", "baseline_mean",
+                  "beats_best_baseline", "calibrated", "best_learned", "learned_vs_baseline", "learned_calibrated",
+                  "ceiling")
 
 
 def key_figures(run_dir: str | Path, *, metrics=KEY_METRICS) -> pd.DataFrame | None:
@@ -187,8 +190,7 @@ def report(run_dir: str | Path, paths: list[Path]) -> str:
     figures = key_figures(run_dir)
     table = "<p>No benchmark table in this run.</p>"
     if figures is not None and len(figures):
-        shown = figures[["split", "metric", "best_model", "best_mean", "best_baseline", "baseline_mean",
-                         "beats_best_baseline", "calibrated", "ceiling"]]
+        shown = figures[[c for c in FIGURE_COLUMNS if c in figures]]
         table = shown.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vclib run {html_escape(run_dir.name)}</title>
@@ -200,7 +202,7 @@ td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}}</style></
 <h2>Key figures</h2>
 <p>Per split and metric: the best model, the best simple baseline, whether the best model beats it beyond the noise
 (paired bootstrap CI over test perturbations), and its calibrated score (0 = the best baseline, 1 = the split-half
-noise ceiling; not clipped).</p>
+noise ceiling; not clipped); then the same for the best learned model, wherever it ranks.</p>
 {table}
 </body></html>
 """
