@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from vclib.failures import predicted_delta
 from vclib.pl._base import axes as _axes
 
 
@@ -153,8 +154,6 @@ def failure_gallery(worst: pd.DataFrame, predictions, observed, *, model: str, a
     >>> observed = ad.AnnData(np.ones((1, 3), dtype=np.float32), obs=pd.DataFrame(index=["c|p"]))
     >>> axes = failure_gallery(obs.reset_index(drop=True), pred, observed, model="m")
     """
-    from vclib.failures import predicted_delta
-
     if axes is None:
         _, axes = plt.subplots(1, max(len(worst), 1), figsize=(3.6 * max(len(worst), 1), 3.8), squeeze=False)
         axes = axes[0]
