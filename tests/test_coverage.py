@@ -387,8 +387,8 @@ def _run_notebook(tmp_path, **parameters):
 
     out = tmp_path / "results"
     pm.execute_notebook(str(ROOT / "notebooks" / "01_context_coverage.ipynb"), str(tmp_path / "01.ipynb"),
-                        parameters={"RESULTS_DIR": str(out), **parameters}, cwd=str(ROOT / "notebooks"),
-                        progress_bar=False)
+                        parameters={"RESULTS_DIR": str(out), "WIDGETS": False, **parameters},
+                        cwd=str(ROOT / "notebooks"), progress_bar=False, execution_timeout=900)
     return out
 
 

@@ -22,6 +22,7 @@ from vclib.schema import VclibInputError
 
 RUN_FILE = "run.json"
 REPORT_FILE = "index.html"
+CELL_TIMEOUT = 3600  # seconds; a stuck cell fails the run instead of blocking it forever
 
 
 def default_notebooks_dir() -> Path:
@@ -99,7 +100,8 @@ def run(
     parameters
         Notebook parameters by name (e.g. ``{"DATASET": "simulated", "FAST": True}``). Each notebook gets the
         ones its ``parameters`` cell declares; a name no notebook declares is an error. ``RESULTS_DIR`` is
-        always set to the run folder.
+        always set to the run folder, and ``WIDGETS`` defaults to False (interactive explorers are for
+        JupyterLab; the HTML report is static).
     results_dir
         Parent folder of the runs.
     name
@@ -153,9 +155,11 @@ def run(
         own = {k: v for k, v in parameters.items() if k in declared[path.name]}
         if "RESULTS_DIR" in declared[path.name]:
             own["RESULTS_DIR"] = str(run_dir.resolve())
+        if "WIDGETS" in declared[path.name]:  # batch runs render static HTML, where widgets cannot respond
+            own.setdefault("WIDGETS", False)
         partial = run_dir / f".partial-{path.name}"
         pm.execute_notebook(str(path), str(partial), parameters=own, cwd=str(path.parent),
-                            kernel_name=kernel_name, progress_bar=progress)
+                            kernel_name=kernel_name, progress_bar=progress, execution_timeout=CELL_TIMEOUT)
         partial.rename(out)  # the notebook counts as done only once it ran to the end
         if html:
             body, _ = HTMLExporter().from_notebook_node(nbformat.read(out, as_version=4))
