@@ -141,3 +141,15 @@ def test_worst_conditions_follow_the_metric_direction():
                       "perturbation": ["a", "b", "a", "b"], "value": [1.0, 3.0, 0.9, 0.1]})
     assert F.worst_conditions(t, model="m", metric="mse", n=1)["perturbation"].iloc[0] == "b"
     assert F.worst_conditions(t, model="m", metric="pearson_delta", n=1)["perturbation"].iloc[0] == "b"
+
+
+def test_failure_browser_shows_the_chosen_condition():
+    perts = [f"p{i}" for i in range(3)]
+    predictions = _predictions(np.array([1.0, 2.0, 3.0]), perts, "m")
+    observed = ad.AnnData(np.ones((3, 3), dtype=np.float32), obs=pd.DataFrame(index=[f"c|{p}" for p in perts]))
+    table = pd.DataFrame({"model": "m", "split": "s", "fold": "0", "context": "c", "perturbation": perts,
+                          "metric": "pearson_delta", "value": [0.1, 0.2, 0.3]})
+    widget = vc.widgets.failure_browser(table, predictions, observed, model="m")
+    model_box, condition_box = widget.children[:2]
+    assert model_box.value == "m" and condition_box.value == "s · 0 · c|p0"
+    assert len(condition_box.options) == 3
