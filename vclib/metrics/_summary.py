@@ -13,9 +13,10 @@ from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY
 CEILING = "ceiling"
 
 
-def _bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def _bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, rng: np.random.Generator) -> np.ndarray:
+    """Percentile interval of the mean over ``n_boot`` resamples of ``values``."""
     idx = rng.integers(0, values.size, size=(n_boot, values.size))
-    return values[idx].mean(axis=1)
+    return np.quantile(values[idx].mean(axis=1), [(1 - ci) / 2, (1 + ci) / 2])
 
 
 def _group_keys(table: pd.DataFrame, by) -> list[str]:
@@ -61,8 +62,7 @@ def aggregate(
         finite = values[np.isfinite(values)]
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         if finite.size:
-            boot = _bootstrap_means(finite, n_boot, rng)
-            low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2])
+            low, high = _bootstrap_ci(finite, n_boot, ci, rng)
         else:
             low = high = np.nan
         row.update(mean=finite.mean() if finite.size else np.nan, ci_low=low, ci_high=high, n=finite.size,
@@ -123,7 +123,7 @@ def compare(
                 rows.append({**row, "difference": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0,
                              "better": "n/a"})
                 continue
-            low, high = np.quantile(_bootstrap_means(diff, n_boot, rng), [(1 - ci) / 2, (1 + ci) / 2])
+            low, high = _bootstrap_ci(diff, n_boot, ci, rng)
             metric = row.get("metric")
             sign = 1 if metric not in REGISTRY or REGISTRY[metric].higher_is_better else -1
             lo, hi = sorted((sign * low, sign * high))

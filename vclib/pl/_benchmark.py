@@ -8,6 +8,7 @@ import pandas as pd
 
 from vclib.metrics import REGISTRY
 from vclib.pl._base import axes as _axes
+from vclib.pl._base import differences
 
 
 def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = None) -> plt.Axes:
@@ -67,12 +68,6 @@ def versus_baseline(comparison: pd.DataFrame, *, metric: str, ax: plt.Axes | Non
     rows = rows.sort_values(["split", "difference"] if "split" in rows else ["difference"])
     ax = _axes(ax, (6, 0.35 * len(rows) + 1.5))
     colours = rows["better"].map({"yes": "C2", "no": "C3", "tie": "0.5", "n/a": "0.8"})
-    y = np.arange(len(rows))
-    ax.errorbar(rows["difference"], y, xerr=[rows["difference"] - rows["ci_low"], rows["ci_high"] - rows["difference"]],
-                fmt="none", ecolor="0.6", capsize=2)
-    ax.scatter(rows["difference"], y, c=colours.tolist(), zorder=3)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(y, rows["label"])
-    ax.invert_yaxis()
+    differences(rows, rows["label"], colours, ax=ax)
     ax.set_xlabel(f"{metric}: model − baseline (green better, red worse, grey tie)")
     return ax

@@ -9,6 +9,7 @@ import seaborn as sns
 
 from vclib.failures import predicted_delta
 from vclib.pl._base import axes as _axes
+from vclib.pl._base import differences
 
 
 def regime_map(regimes: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
@@ -28,13 +29,7 @@ def regime_map(regimes: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes
     labels = (rows["split"] + " · " if "split" in rows else "") + rows["stratum"].astype(str)
     ax = _axes(ax, (6, 0.4 * len(rows) + 1.5))
     colours = rows["verdict"].map({"wins": "C2", "loses": "C3", "ties": "0.5"}).fillna("0.8")
-    y = np.arange(len(rows))
-    ax.errorbar(rows["difference"], y, xerr=[rows["difference"] - rows["ci_low"], rows["ci_high"] - rows["difference"]],
-                fmt="none", ecolor="0.6", capsize=2)
-    ax.scatter(rows["difference"], y, c=colours.tolist(), zorder=3)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(y, labels)
-    ax.invert_yaxis()
+    differences(rows, labels, colours, ax=ax)
     covariate = rows["covariate"].iloc[0] if len(rows) else ""
     metric = rows["metric"].iloc[0] if len(rows) else ""
     ax.set_xlabel(f"{metric}: {rows['model'].iloc[0] if len(rows) else 'model'} − baseline")
