@@ -21,16 +21,46 @@ def data():
 
 def test_observed_effects_match_their_definitions(data):
     adata, de = data
-    effects = F.observed_effects(adata, de=de)
+    effects = F.observed_effects(adata, de=de, n_splits=1, seed=0)
     deltas = vc.pseudobulk.deltas(vc.pseudobulk.pseudobulk(adata))
     np.testing.assert_allclose(effects["effect_size"], np.linalg.norm(np.asarray(deltas.X), axis=1))
     assert (effects["n_de_genes"].to_numpy() == de.subset(effects.index).significant().sum(axis=1)).all()
     combo = next(n for n in effects.index if "+" in n and np.isfinite(effects.loc[n, "non_additivity"]))
     ctx, pert = combo.split("|")
     a, b = pert.split("+")
-    expected = np.linalg.norm(np.asarray(deltas[combo].X - deltas[f"{ctx}|{a}"].X - deltas[f"{ctx}|{b}"].X))
-    assert effects.loc[combo, "non_additivity"] == pytest.approx(expected)
+    raw = (np.asarray(deltas[combo].X - deltas[f"{ctx}|{a}"].X - deltas[f"{ctx}|{b}"].X) ** 2).sum()
+    assert effects.loc[combo, "non_additivity_raw"] == pytest.approx(raw)
+    # the noise term by hand: the same expression on each half of the cells (each half with its own control)
+    half = vc.pseudobulk.half_labels(adata, seed=0)
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+
+    def mean(p, h):
+        return X[((adata.obs["context"] == ctx) & (adata.obs["perturbation"] == p)).to_numpy() & (half == h)].mean(0)
+
+    N = [mean(pert, h) - mean(a, h) - mean(b, h) + mean("control", h) for h in (0, 1)]
+    noise = ((N[0] - N[1]) ** 2).sum() / 4
+    assert effects.loc[combo, "non_additivity_noise"] == pytest.approx(noise)
+    assert effects.loc[combo, "non_additivity"] == pytest.approx(raw - noise)
     assert effects.loc[[n for n in effects.index if "+" not in n], "non_additivity"].isna().all()
+
+
+def test_additive_double_is_within_noise_after_correction():
+    """Cells drawn around exactly additive means: the raw non-additivity is pure noise (about 4 pseudobulks'
+    variance summed over genes); the corrected value is near 0 and flagged within noise."""
+    rng = np.random.default_rng(0)
+    genes, cells = 200, 40
+    a, b = rng.normal(scale=0.5, size=genes), rng.normal(scale=0.5, size=genes)
+    means = {"control": np.zeros(genes), "A": a, "B": b, "A+B": a + b}
+    X = np.vstack([m + 3 + rng.normal(size=(cells, genes)) for m in means.values()])
+    obs = pd.DataFrame({"perturbation": np.repeat(list(means), cells), "context": "c"})
+    adata = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(genes)]))
+    effects = F.observed_effects(adata, n_splits=5)
+    row = effects.loc["c|A+B"]
+    expected_noise = genes * 4 / cells  # four pseudobulks of `cells` cells, unit variance per gene
+    assert row["non_additivity_raw"] == pytest.approx(expected_noise, rel=0.25)
+    assert row["non_additivity_noise"] == pytest.approx(expected_noise, rel=0.25)
+    assert abs(row["non_additivity"]) < 0.25 * row["non_additivity_raw"]
+    assert row["non_additivity_within_noise"] is True
 
 
 def _split(rows):

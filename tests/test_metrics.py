@@ -172,19 +172,48 @@ def test_rank_genes_matches_scipy(continuity):
             expected = 1.0 if np.ptp(both) == 0 else stats.mannwhitneyu(
                 X[rows, g], control[:, g], method="asymptotic", use_continuity=continuity).pvalue
             assert de.pvalue[i, g] == pytest.approx(expected, rel=1e-10, abs=1e-14)
-        np.testing.assert_allclose(de.fdr[i], stats.false_discovery_control(de.pvalue[i]))
+        np.testing.assert_allclose(de.fdr[i], _bh_by_hand(de.pvalue[i]), rtol=1e-12)
         m_p, m_c = X[rows].mean(0), control.mean(0)
         np.testing.assert_allclose(de.lfc[i], np.log2((np.expm1(m_p) + 1e-9) / (np.expm1(m_c) + 1e-9)))
 
 
-def test_rank_genes_without_tie_correction_is_more_significant():
-    rng = np.random.default_rng(8)
-    X = rng.poisson(0.3, size=(60, 10)).astype(float)  # mostly zeros: large tie blocks
-    adata = ad.AnnData(np.log1p(X), obs=pd.DataFrame({"perturbation": ["control"] * 30 + ["A"] * 30,
-                                                      "context": "c"}))
-    with_ties = M.rank_genes(adata).pvalue
-    without = M.rank_genes(adata, tie_correction=False).pvalue
-    assert np.all(without >= with_ties - 1e-15)  # ignoring ties overstates the variance
+def _bh_by_hand(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg written out: p_(i) * m / i, then the running minimum from the largest p down."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    adjusted = [0.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, p[i] * m / rank)
+        adjusted[i] = running
+    return np.array(adjusted)
+
+
+def _wilcoxon_z_by_hand(x: list, y: list, *, tie_correction: bool, continuity: bool) -> float:
+    """The normal approximation of the rank-sum test, from its textbook formulas (mid-ranks by a loop)."""
+    pooled = sorted(x + y)
+    rank = {v: (pooled.index(v) + 1 + len(pooled) - pooled[::-1].index(v)) / 2 for v in set(pooled)}  # mid-ranks
+    n1, n2 = len(x), len(y)
+    u = sum(rank[v] for v in x) - n1 * (n1 + 1) / 2
+    n = n1 + n2
+    ties = sum(pooled.count(v) ** 3 - pooled.count(v) for v in set(pooled)) if tie_correction else 0
+    sigma = (n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))) ** 0.5
+    return (max(u, n1 * n2 - u) - n1 * n2 / 2 - (0.5 if continuity else 0)) / sigma
+
+
+def test_tie_correction_against_a_hand_computed_z():
+    x = [0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 3.0]  # the perturbed cells of one gene: large tie blocks
+    y = [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.5]  # its controls
+    adata = ad.AnnData(np.array(x + y)[:, None], obs=pd.DataFrame({"perturbation": ["A"] * 7 + ["control"] * 8,
+                                                                   "context": "c"}))
+    for tie_correction in (True, False):
+        z = _wilcoxon_z_by_hand(x, y, tie_correction=tie_correction, continuity=True)
+        got = M.rank_genes(adata, tie_correction=tie_correction).pvalue[0, 0]
+        assert got == pytest.approx(2 * stats.norm.sf(z), rel=1e-12)
+    corrected = M.rank_genes(adata).pvalue[0, 0]
+    uncorrected = M.rank_genes(adata, tie_correction=False).pvalue[0, 0]
+    assert corrected < uncorrected - 1e-3  # ties shrink the variance: a strict, not a tolerated, difference
 
 
 def test_rank_genes_needs_controls():
@@ -243,7 +272,7 @@ def test_predicting_the_control_gives_trivial_delta_values(data):
 
 def test_ceiling_beats_baselines_on_the_simulator(data):
     adata, de, pb = data
-    ceiling = M.ceiling(adata, full_size=True, metrics=["pearson_delta", "mse_delta", "discrimination_score_l1"])
+    ceiling = M.ceiling(adata, metrics=["pearson_delta", "mse_delta", "discrimination_score_l1"])
     # the training-mean baseline: the context's control plus the mean delta of the context's perturbations
     deltas = vc.pseudobulk.deltas(pb)
     mean_delta = pd.DataFrame(np.asarray(deltas.X)).groupby(deltas.obs["context"].to_numpy()).transform("mean")
@@ -257,17 +286,48 @@ def test_ceiling_beats_baselines_on_the_simulator(data):
     assert summary["ceiling", "discrimination_score_l1"] > summary["mean", "discrimination_score_l1"]
 
 
-def test_full_size_ceiling_matches_replicate_theory():
-    """Closed form: the MSE between two full-size replicates is twice that of truth vs one replicate."""
-    adata = vc.loaders.simulate(n_contexts=1, n_perturbations=8, n_combinations=0, n_genes=300,
-                                cells_per_condition=200, control_cells=400, seed=3)
+@pytest.fixture(scope="module")
+def replicate_theory():
+    """Many cells per condition, with the simulator's noise-free truth of every condition."""
+    adata = vc.loaders.simulate(n_contexts=1, n_perturbations=12, n_combinations=0, n_genes=300,
+                                cells_per_condition=120, control_cells=240, seed=3)
     pb = vc.pseudobulk.pseudobulk(adata)
     names = [str(n) for n in adata.uns["simulation"]["truth_conditions"]]
-    truth = ad.AnnData(adata.uns["simulation"]["truth"][[names.index(n) for n in pb.obs_names]].astype(float),
-                       obs=pb.obs.copy(), var=pb.var.copy())
-    truth_mse = _values(M.evaluate(truth, adata, metrics=["mse"]), "mse").mean()
-    ceiling_mse = _values(M.ceiling(adata, full_size=True, metrics=["mse"]), "mse").mean()
-    assert ceiling_mse / truth_mse == pytest.approx(2.0, rel=0.15)
+    truth = adata.uns["simulation"]["truth"][[names.index(n) for n in pb.obs_names]].astype(float)
+    perturbed = ~pb.obs["is_control"].to_numpy()
+    control = np.asarray(pb.X)[pb.obs_names.get_indexer(["C1|control"])]
+    true_delta = truth[perturbed] - truth[pb.obs_names.get_indexer(["C1|control"])]
+    return adata, pb, truth, control, true_delta, perturbed
+
+
+def test_noise_free_ceiling_is_what_the_truth_scores(replicate_theory):
+    """The ceiling estimates the expected score of a noise-free predictor against the full data: the simulator's
+    true pseudobulk for the pseudobulk error, the true delta on top of the observed control (how every baseline
+    predicts) for the delta metrics. Split-half values are 4x (squared) / 2x (absolute) the truth's error."""
+    adata, pb, truth, control, true_delta, perturbed = replicate_theory
+    obs = pb.obs[perturbed].copy()
+    on_control = ad.AnnData(control + true_delta, obs=obs, var=pb.var.copy())  # true delta, observed control
+    exact = ad.AnnData(truth[perturbed], obs=obs, var=pb.var.copy())  # the true pseudobulk itself
+    metrics = ["mse", "mse_delta", "mae_delta", "pearson_delta"]
+    ceiling = M.ceiling(adata, metrics=metrics).groupby("metric")["value"].mean()
+    raw = M.ceiling(adata, metrics=metrics, noise_free=False).groupby("metric")["value"].mean()
+    assert ceiling["mse"] == pytest.approx(_values(M.evaluate(exact, adata, metrics=["mse"]), "mse").mean(), rel=0.1)
+    truth_scores = M.evaluate(on_control, adata, metrics=metrics).groupby("metric")["value"].mean()
+    for metric, tolerance in [("mse_delta", 0.1), ("mae_delta", 0.05), ("pearson_delta", 0.02)]:
+        assert ceiling[metric] == pytest.approx(truth_scores[metric], rel=tolerance), metric
+    assert raw["mse_delta"] / ceiling["mse_delta"] == pytest.approx(4.0)
+    assert raw["mae_delta"] / ceiling["mae_delta"] == pytest.approx(2.0)
+
+
+def test_ceiling_refuses_conditions_it_cannot_split(data):
+    adata, _, _ = data
+    one = adata[~((adata.obs["perturbation"] == "G0002") & (adata.obs["context"] == "C1")).to_numpy()
+                | (np.arange(adata.n_obs) == np.flatnonzero((adata.obs["perturbation"] == "G0002").to_numpy())[0])]
+    with pytest.raises(VclibInputError, match=r"1 condition\(s\) cannot be split in halves .*'C1\|G0002'.*"
+                                              r"conditions=None"):
+        M.ceiling(one.copy(), conditions=["C1|G0002"], metrics=["mse"])
+    scored = M.ceiling(one.copy(), metrics=["mse"])  # by default every splittable condition, the 1-cell one left out
+    assert "G0002" not in set(scored.loc[scored["context"] == "C1", "perturbation"])
 
 
 def test_reference_perturbed_centroid(data):
@@ -300,11 +360,54 @@ def test_cell_eval_layout_is_accepted(data):
 
 # --- summaries ----------------------------------------------------------------------------------------------
 
-def test_aggregate_ci_and_nan_handling():
-    t = pd.DataFrame({"model": "m", "metric": "pearson_delta", "value": [0.1, 0.2, 0.3, 0.4, np.nan]})
-    s = M.aggregate(t, n_boot=2000).iloc[0]
-    assert s["mean"] == pytest.approx(0.25) and s["n"] == 4 and s["n_nan"] == 1
-    assert s["ci_low"] < 0.25 < s["ci_high"]
+def test_aggregate_ci_equals_scipy_bootstrap_on_the_same_draws():
+    values = np.random.default_rng(3).normal(size=23)
+    t = pd.DataFrame({"model": "m", "metric": "pearson_delta", "context": "c",
+                      "perturbation": [f"p{i}" for i in range(24)], "value": [*values, np.nan], "note": ""})
+    s = M.aggregate(t, n_boot=2000, seed=5).iloc[0]
+    reference = stats.bootstrap((values,), np.mean, n_resamples=2000, method="percentile", vectorized=True,
+                                random_state=M.group_rng(5, ("m", "pearson_delta")))
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx(tuple(reference.confidence_interval), rel=1e-12)
+    assert s["mean"] == pytest.approx(values.mean()) and s["n"] == 23 and s["n_nan"] == 1
+
+
+def test_seeds_are_resampled_with_their_perturbation():
+    """A second seed that repeats the first adds no information: n, mean and CI stay those of one seed."""
+    rng = np.random.default_rng(4)
+    one = pd.DataFrame({"model": "m", "split": "s", "metric": "mse", "context": "c", "fold": "0", "seed": 0,
+                        "perturbation": [f"p{i}" for i in range(20)], "value": rng.normal(size=20)})
+    two = pd.concat([one, one.assign(seed=1)])
+    a, b = M.aggregate(one).iloc[0], M.aggregate(two).iloc[0]
+    assert b["n"] == a["n"] == 20 and b["n_rows"] == 40
+    assert (b["mean"], b["ci_low"], b["ci_high"]) == pytest.approx((a["mean"], a["ci_low"], a["ci_high"]))
+    # a row-level bootstrap would count 40 perturbations and narrow the CI by about sqrt(2)
+    naive = stats.bootstrap((two["value"].to_numpy(),), np.mean, method="percentile", random_state=0)
+    assert naive.confidence_interval.high - naive.confidence_interval.low < 0.8 * (a["ci_high"] - a["ci_low"])
+
+
+def test_a_groups_ci_does_not_depend_on_the_other_groups():
+    rng = np.random.default_rng(5)
+    base = pd.DataFrame({"model": "a", "metric": "mse", "context": "c", "perturbation": list("vwxyz"),
+                         "value": rng.normal(size=5)})
+    alone = M.aggregate(base).iloc[0]
+    crowded = M.aggregate(pd.concat([base.assign(model="0_first"), base, base.assign(model="b")]))
+    assert crowded.set_index("model").loc["a", ["ci_low", "ci_high"]].tolist() == [alone["ci_low"], alone["ci_high"]]
+
+
+def test_two_seed_compare_pairs_on_seed_and_counts_perturbations():
+    rng = np.random.default_rng(6)
+    rows = []
+    for seed in (0, 1):
+        base = rng.normal(size=20)
+        for model, shift in (("b", 0.0), ("a", 1.0 + seed)):  # seed 1's model is 2 better, seed 0's 1
+            rows.append(pd.DataFrame({"model": model, "split": "s", "fold": "0", "seed": seed, "metric": "pearson_delta",
+                                      "context": "c", "perturbation": [f"p{i}" for i in range(20)],
+                                      "value": base + shift}))
+    row = M.compare(pd.concat(rows), baseline="b").iloc[0]
+    # paired within a seed the difference is exactly 1 or 2 (mean 1.5); pairing across seeds would add noise
+    assert row["n"] == 20 and row["n_pairs"] == 40
+    assert row["difference"] == pytest.approx(1.5)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((1.5, 1.5))
 
 
 def test_compare_direction_follows_the_registry():
@@ -314,15 +417,38 @@ def test_compare_direction_follows_the_registry():
     assert row["difference"] < 0 and row["better"] == "no"
 
 
-def test_calibrate_is_not_clipped():
-    s = pd.DataFrame({"model": ["worse", "b", "ceiling"], "metric": "mse", "mean": [3.0, 2.0, 1.0]})
-    assert M.calibrate(s, baseline="b")["calibrated"].iloc[0] == pytest.approx(-1.0)
+def _scores(values: dict, n: int = 8, noise: float = 0.01) -> pd.DataFrame:
+    rng = np.random.default_rng(9)
+    return pd.concat([pd.DataFrame({"model": m, "split": "s", "metric": metric, "context": "c",
+                                    "perturbation": [f"p{i}" for i in range(n)], "value": v + noise * rng.normal(size=n)})
+                      for (m, metric), v in values.items()], ignore_index=True)
 
 
-def test_spearman_brown_and_error_scaling():
-    t = pd.DataFrame({"metric": ["pearson_delta", "mse", "mae", "discrimination_score_l1"],
-                      "value": [0.5, 1.0, 1.0, 0.9]})
-    np.testing.assert_allclose(M.to_full_size(t), [2 * 0.5 / 1.5, 0.5, 1 / np.sqrt(2), 0.9])
+def test_calibrate_is_not_clipped_and_reported_only_where_the_ceiling_is_clearly_above():
+    t = _scores({("worse", "mse"): 3.0, ("b", "mse"): 2.0, ("ceiling", "mse"): 1.0})
+    row = M.calibrate(t, baseline="b").iloc[0]
+    assert row["calibrated"] == pytest.approx((row["mean"] - row["baseline_mean"])
+                                              / (row["ceiling_mean"] - row["baseline_mean"]))
+    assert row["calibrated"] == pytest.approx(-1.0, abs=0.05) and row["calibration_note"] == ""
+    # the ceiling below the baseline: (u - b) / (c - b) would flip sign, so it is not reported
+    flipped = M.calibrate(_scores({("m", "pearson_delta"): 0.3, ("b", "pearson_delta"): 0.5,
+                                   ("ceiling", "pearson_delta"): 0.45}), baseline="b").iloc[0]
+    assert np.isnan(flipped["calibrated"])
+    assert flipped["calibration_note"].startswith("not calibratable here: the ceiling is not clearly better than b")
+    few = M.calibrate(_scores({("m", "mse"): 1.5, ("b", "mse"): 2.0, ("ceiling", "mse"): 1.0}, n=3), baseline="b")
+    assert few["calibration_note"].iloc[0] == "not calibratable here: too few conditions (n = 3)"
+
+
+def test_noise_free_corrections_closed_form():
+    t = pd.DataFrame({"metric": ["pearson_delta", "mse", "mae", "discrimination_score_l1", "pearson_delta",
+                                 "pearson_delta", "r2_mean"],
+                      "value": [0.5, 1.0, 1.0, 0.9, -1.0, -0.5, 0.64], "note": ""})
+    values, notes = M.to_noise_free(t)
+    np.testing.assert_allclose(values.to_numpy()[[0, 1, 2, 3, 5, 6]],
+                               [np.sqrt(2 * 0.5 / 1.5), 0.25, 0.5, 0.9, 0.0, 2 * 0.8 / 1.8])
+    assert np.isnan(values.iloc[4]) and notes.iloc[4] == "split-half r = -1: Spearman-Brown undefined"
+    assert notes.iloc[5].startswith("split-half r <= 0")  # set to 0, and said so
+    assert (notes.iloc[[0, 1, 2, 3, 6]] == "").all()
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -388,3 +514,73 @@ def test_unknown_metric_lists_valid_ones(data):
     adata, _, pb = data
     with pytest.raises(VclibInputError, match=r"unknown metric\(s\) \['pds'\]; valid: mse, mae"):
         M.evaluate(pb, adata, metrics=["pds"])
+
+
+# --- PDS exclusion, R² of mean expression, duplicated predictions --------------------------------------------
+
+def test_constant_predictor_scores_one_half_with_the_default_exclusion(data):
+    adata, de, pb = data
+    constant = M.predict_control(adata)
+    for exclude in ("targets", None):
+        table = M.evaluate(constant, adata, observed_de=de, exclude=exclude,
+                           metrics=["discrimination_score_l1", "discrimination_score_l2"])
+        assert table.groupby(["context", "metric"])["value"].mean().eq(0.5).all(), exclude
+
+
+def test_no_gain_from_predicting_the_own_targets_knockdown(data):
+    """A prediction that is the control except for its own target gene's observed change: with the default
+    exclusion its target carries no information (PDS of a constant, 0.5); without any exclusion it would win."""
+    adata, de, pb = data
+    deltas = vc.pseudobulk.deltas(pb)
+    cheat = M.predict_control(adata)
+    genes = list(pb.var_names)
+    for i, (ctx, pert) in enumerate(zip(cheat.obs["context"], cheat.obs["perturbation"], strict=True)):
+        for t in pert.split("+"):
+            if t in genes:
+                cheat.X[i, genes.index(t)] += deltas[f"{ctx}|{pert}"].X[0, genes.index(t)]
+    fair = _values(M.evaluate(cheat, adata, observed_de=de, metrics=["discrimination_score_l1"]),
+                   "discrimination_score_l1")
+    unfair = _values(M.evaluate(cheat, adata, observed_de=de, metrics=["discrimination_score_l1"], exclude=None),
+                     "discrimination_score_l1")
+    assert fair.mean() == pytest.approx(0.5, abs=1e-12)
+    assert unfair.mean() > 0.55  # the knockdown of its own target alone tells perturbations apart
+
+
+def test_r2_of_mean_expression_closed_form(data):
+    adata, de, pb = data
+    names = [n for n in pb.obs_names if not n.endswith("|control")]
+    rng = np.random.default_rng(12)
+    pred = ad.AnnData(np.asarray(pb[names].X) + rng.normal(scale=0.3, size=(len(names), pb.n_vars)),
+                      obs=pb[names].obs.copy(), var=pb.var.copy())
+    table = M.evaluate(pred, adata, observed_de=de, metrics=["r2_mean", "r2_mean_top100"], top_r2=10)
+    for i, name in enumerate(names):
+        o, p = np.asarray(pb[name].X).ravel(), pred.X[i]
+        assert _values(table, "r2_mean")[i] == pytest.approx(np.corrcoef(p, o)[0, 1] ** 2, rel=1e-12)
+        ctx = name.split("|")[0]
+        top = np.argsort(-np.abs(o - np.asarray(pb[f"{ctx}|control"].X).ravel()), kind="stable")[:10]
+        assert _values(table, "r2_mean_top100")[i] == pytest.approx(np.corrcoef(p[top], o[top])[0, 1] ** 2,
+                                                                    rel=1e-12)
+    perfect = M.evaluate(pb, adata, observed_de=de, metrics=["r2_mean", "r2_mean_top100"])
+    np.testing.assert_allclose(perfect["value"], 1.0)
+
+
+def test_a_pseudobulk_with_a_duplicated_condition_is_refused(data):
+    adata, de, pb = data
+    twice = ad.concat([pb, pb[5:6]])
+    with pytest.raises(VclibInputError, match=rf"1 predicted condition\(s\) have more than one row \('{pb.obs_names[5]}'\)"
+                                              r".*predicted_level='cells'"):
+        M.evaluate(twice, adata, observed_de=de)
+
+
+def test_undefined_values_say_why(data):
+    adata, de, pb = data
+    table = M.evaluate(M.predict_control(adata), adata, observed_de=de, metrics=["pearson_delta", "mse"])
+    assert (table.loc[table["metric"] == "pearson_delta", "note"].str.startswith("the predicted values are "
+                                                                                 "constant")).all()
+    assert (table.loc[table["metric"] == "mse", "note"] == "").all()
+    one = adata[(adata.obs["perturbation"].isin(["control", "G0001"])).to_numpy()].copy()
+    pds = M.evaluate(vc.pseudobulk.pseudobulk(one), one, metrics=["discrimination_score_l1"])
+    assert pds["value"].isna().all()
+    assert (pds["note"] == "one perturbation in its context: nothing to tell it apart from").all()
+    summary = M.aggregate(pds).iloc[0]
+    assert summary["n"] == 0 and summary["note"] == "one perturbation in its context: nothing to tell it apart from"

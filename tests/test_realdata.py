@@ -72,3 +72,22 @@ def test_log2_kang_is_refused_without_the_option():
     options = {k: v for k, v in CASES[relative][0].items() if k != "values"}
     with pytest.raises(vc.schema.VclibInputError, match=r"log2\(x \+ 1\)"):
         vc.loaders.read(real_file(relative), **options)
+
+
+def _norman():
+    relative = "perturbench_devel_norman19_mcfaline23/devel.h5ad"
+    adata = vc.loaders.read(real_file(relative), **CASES[relative][0])
+    return adata[(adata.obs["context"] == "k562").to_numpy()].copy()
+
+
+def test_constant_predictor_pds_is_one_half_on_norman():
+    """Predicting the control everywhere: exactly 0.5 with the default exclusion (the union of the context's
+    targets, left out of every distance), for every distance; data-dependent with per-query exclusion."""
+    adata = _norman()
+    control = vc.metrics.predict_control(adata)
+    metrics = ["discrimination_score_l1", "discrimination_score_l2", "discrimination_score_cosine"]
+    default = vc.metrics.evaluate(control, adata, metrics=metrics).groupby("metric")["value"].mean()
+    assert default.to_dict() == {m: 0.5 for m in metrics}
+    own = vc.metrics.evaluate(control, adata, metrics=metrics, exclude="own").groupby("metric")["value"].mean()
+    assert own["discrimination_score_l1"] != 0.5  # the symmetry breaks: 0.5085 on this subset
+    assert vc.metrics.REGISTRY["discrimination_score_l1"].constant == 0.5

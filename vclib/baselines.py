@@ -49,6 +49,7 @@ class PseudobulkBaseline(BaseEstimator):
             if (~is_control).any() else np.zeros((0, X.shape[1]))
         self.delta_obs_ = pd.DataFrame({CONTEXT_KEY: contexts[~is_control], PERTURBATION_KEY: perts[~is_control]})
         self.mean_delta_ = self.delta_.mean(axis=0) if len(self.delta_) else np.zeros(X.shape[1])
+        self.note_ = ""  # what a model has to say about this fit (e.g. it fell back to the training mean)
         self._fit()
         return self
 
@@ -225,10 +226,14 @@ class Linear(PseudobulkBaseline):
     def _fit(self):
         if len(self.delta_) < 2:
             self.G_, self.K_ = np.zeros((len(self.genes_), 1)), np.zeros((1, 1))
+            self.note_ = "fewer than 2 training perturbations: the linear model predicts the training mean"
             return
         Y = self.delta_.T - self.mean_delta_[:, None]  # genes × perturbations, centred
         self.G_ = G = _embedding_matrix(self.delta_, self.d, self.seed)
         P = _perturbation_embedding(G, self.genes_, self.delta_obs_[PERTURBATION_KEY])  # perturbations × d
+        if not np.any(P):  # a perturbation is embedded by its target gene's row: no measured target, nothing to map
+            self.note_ = ("none of the training perturbations' targets are among the genes, so the linear model "
+                          "predicts the training mean")
         eye = np.eye(G.shape[1])
         left = np.linalg.solve(G.T @ G + self.lam * eye, G.T @ Y @ P)
         self.K_ = np.linalg.solve((P.T @ P + self.lam * eye).T, left.T).T

@@ -1,10 +1,12 @@
 """Run a benchmark grid (model × split fold × seed) into one tidy table, resumably.
 
 Each finished (model, split, fold, seed) cell (its scores and its predicted deltas) is written to
-``results_dir/cells/`` atomically, under a name that carries a hash of everything it depends on (vclib version,
-model settings, split options, metric settings, the data's fingerprint). A re-run with the same settings reads
-finished cells instead of recomputing them, an interrupted run resumes where it stopped, and cells written with
-other settings or another vclib version are never mixed into the result.
+``results_dir/cells/`` atomically, under a name that carries a hash of everything its result depends on (vclib
+version, model settings and, for external predictions, the content of the prediction file; split table; metric
+settings; the content of the observed data and of a supplied observed DE). A re-run with the same inputs reads
+finished cells instead of recomputing them, an interrupted run resumes where it stopped, and cells computed from
+other inputs are never mixed into the result. Scores are written with round-trip float formatting, so a re-run
+from the cache is bit-identical to the first.
 """
 
 from __future__ import annotations
@@ -21,18 +23,35 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from vclib import __version__
-from vclib import pseudobulk as pbk
 from vclib import splits as _splits
 from vclib.baselines import BASELINES
-from vclib.metrics import CEILING, DE_METRICS, REGISTRY, aggregate, ceiling, compare, evaluate, rank_genes
+from vclib.metrics import (
+    CEILING,
+    DE_METRICS,
+    MIN_N,
+    REGISTRY,
+    Observed,
+    aggregate,
+    calibrate,
+    ceiling,
+    check_metrics,
+    compare,
+    evaluate,
+    prepare,
+)
 from vclib.models import MODELS
-from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError
+from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, NotApplicable, VclibInputError
 
 DEFAULT_MODELS = ("no_change", "training_mean", "context_mean", "perturbation_mean", "nearest_context",
                   "additive", "linear", "knn_perturbation", "mlp")
 DEFAULT_SPLITS = ("unseen_perturbation", "unseen_context")
 INDEX_FILE = "run_index.csv"
-SCORE_DTYPES = {"fold": str, "split": str, "context": str, "perturbation": str}
+SPLITS_FILE = "splits.csv"
+IDENTICAL_FILE = "identical_models.csv"
+SKIPPED_FILE = "skipped.csv"
+MANIFEST_FILE = "manifest.json"
+SCORE_DTYPES = {"fold": str, "split": str, "context": str, "perturbation": str, "metric": str, "model": str,
+                "note": str}
 
 
 def estimator(name: str, **params):
@@ -52,30 +71,58 @@ def estimator(name: str, **params):
 
 def _models(models) -> dict:
     if isinstance(models, dict):
-        return dict(models)
-    return {name: estimator(name) for name in models}
+        out = dict(models)
+    elif isinstance(models, str):
+        raise VclibInputError(f"models= takes a list of names or a dict, not the string {models!r}; write "
+                              f"models=[{models!r}].")
+    else:
+        out = {name: estimator(name) for name in models}
+    if not out:
+        raise VclibInputError("models= is empty: give at least one model name (e.g. ['training_mean']).")
+    if CEILING in out:
+        raise VclibInputError(f"{CEILING!r} is the noise ceiling's name (include_ceiling=True adds it); rename "
+                              "that model.")
+    return out
 
 
-def fingerprint(adata: ad.AnnData) -> str:
-    """A short hash of the data: the condition labels, genes and per-condition mean expression."""
-    pb = pbk.pseudobulk(adata)
-    h = hashlib.sha256()
-    h.update("\n".join(pb.obs_names).encode())
-    h.update("\n".join(pb.var_names).encode())
-    h.update(np.asarray(pb.obs["n_cells"]).tobytes())
-    h.update(np.round(np.asarray(pb.X, dtype=np.float64), 10).tobytes())
-    return h.hexdigest()[:16]
+def fingerprint(adata: ad.AnnData | Observed) -> str:
+    """A short hash of the observed data's content: condition labels, genes and every value of ``X``.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=4, n_genes=50, cells_per_condition=10)
+    >>> len(vc.benchmark.fingerprint(adata))
+    16
+    """
+    return prepare(adata).fingerprint
 
 
 def _describe(model) -> dict:
     params = model.get_params() if hasattr(model, "get_params") else {}
-    return {"class": type(model).__name__,
-            "params": {k: v if isinstance(v, int | float | str | bool | type(None)) else repr(v)
-                       for k, v in params.items()}}
+    out = {"class": type(model).__name__,
+           "params": {k: v if isinstance(v, int | float | str | bool | type(None)) else repr(v)
+                      for k, v in params.items()}}
+    if hasattr(model, "content_hash"):  # external predictions: the result depends on the file's content
+        out["content"] = model.content_hash()
+    return out
 
 
-def _cell_key(settings: dict) -> str:
+def _cell_key(settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _write_scores(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_csv(path, index=False, float_format="%.17g")
+
+
+def read_scores(path: str | Path) -> pd.DataFrame:
+    """A scores CSV written by vclib, read back bit for bit (round-trip floats; empty notes stay empty)."""
+    table = pd.read_csv(path, dtype=SCORE_DTYPES, float_precision="round_trip", keep_default_na=False,
+                        na_values={"value": [""]})
+    if "value" in table:
+        table["value"] = table["value"].astype(np.float64)
+    return table
 
 
 def _write_atomic(frame: pd.DataFrame, predicted: ad.AnnData, path: Path, settings: dict) -> None:
@@ -85,12 +132,91 @@ def _write_atomic(frame: pd.DataFrame, predicted: ad.AnnData, path: Path, settin
     predicted.write_h5ad(tmp)
     os.replace(tmp, path.with_suffix(".h5ad"))
     tmp = path.with_suffix(".csv.tmp")
-    frame.to_csv(tmp, index=False)
+    _write_scores(frame, tmp)
     os.replace(tmp, path)
 
 
+def split_tables(
+    data: ad.AnnData | Observed,
+    *,
+    splits=DEFAULT_SPLITS,
+    seeds=(0,),
+    split_options: dict | None = None,
+) -> pd.DataFrame:
+    """The split tables a benchmark uses, one per seed, with a ``seed`` column; splits that cannot apply to the
+    data are left out and named with the reason in ``attrs["skipped"]``.
+
+    Parameters
+    ----------
+    data
+        Observed cells (or an :class:`vclib.metrics.Observed`).
+    splits
+        Split names (:data:`vclib.splits.SPLITS`) or split tables (used for every seed unless they have a
+        ``seed`` column).
+    seeds
+        Seeds of the random splits.
+    split_options
+        Options per split name, e.g. ``{"unseen_perturbation": {"n_folds": 3}}``.
+
+    Returns
+    -------
+    The concatenated split tables (:data:`vclib.splits.COLUMNS` + ``seed``); ``attrs["skipped"]``: a list of
+    ``{"analysis", "reason"}``; ``attrs["notes"]``: adjustments made (e.g. fewer folds).
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=1, n_perturbations=8, n_genes=50, cells_per_condition=10)
+    >>> table = vc.benchmark.split_tables(adata, splits=["unseen_perturbation", "unseen_context"], seeds=[0, 1])
+    >>> sorted(table["seed"].unique().tolist()), table.attrs["skipped"][0]["analysis"]
+    ([0, 1], 'split unseen_context')
+    """
+    seeds = _check_seeds(seeds)
+    split_options = split_options or {}
+    if isinstance(splits, str | pd.DataFrame):
+        splits = [splits]
+    cells = data.cells if isinstance(data, Observed) else data
+    tables, skipped, notes = [], [], []
+    names = []
+    for s in splits:
+        if isinstance(s, pd.DataFrame):
+            tables.append(s if "seed" in s else pd.concat([s.assign(seed=seed) for seed in seeds]))
+            continue
+        if not isinstance(s, str) or s not in _splits.SPLITS:
+            raise VclibInputError(f"unknown split {s!r}; valid splits: {', '.join(_splits.SPLITS)}.")
+        names.append(s)
+    plan = _splits.applicable(cells, names, options=split_options)
+    skipped += plan["skipped"]
+    notes += plan["notes"]
+    for name, options in plan["splits"].items():
+        tables += [_splits.make(name, cells, seed=seed, **options).assign(seed=seed) for seed in seeds]
+    if not tables:
+        out = pd.DataFrame(columns=[*_splits.COLUMNS, "seed"])
+    else:
+        out = pd.concat(tables, ignore_index=True)
+        out["seed"] = out["seed"].astype(int)
+        out["fold"] = out["fold"].astype(str)
+    out.attrs["skipped"] = skipped
+    out.attrs["notes"] = notes
+    return out
+
+
+def _check_seeds(seeds) -> list[int]:
+    if isinstance(seeds, int | np.integer):
+        seeds = [int(seeds)]
+    seeds = list(seeds)
+    if not seeds:
+        raise VclibInputError("seeds= is empty: give at least one seed, e.g. seeds=[0].")
+    bad = [s for s in seeds if not isinstance(s, int | np.integer) or isinstance(s, bool)]
+    if bad:
+        raise VclibInputError(f"seeds must be integers; got {bad}.")
+    if len(set(seeds)) < len(seeds):
+        raise VclibInputError(f"seeds {seeds} repeat a seed; each seed is one independent replicate of the grid.")
+    return [int(s) for s in seeds]
+
+
 def run(
-    data: ad.AnnData,
+    data: ad.AnnData | Observed,
     *,
     splits: list | tuple = DEFAULT_SPLITS,
     models=DEFAULT_MODELS,
@@ -108,25 +234,30 @@ def run(
     Parameters
     ----------
     data
-        Observed cells in the data contract.
+        Observed cells in the data contract, or an :class:`vclib.metrics.Observed` (prepared once; then its
+        pseudobulk, DE and split halves are reused).
     splits
-        Split names (:data:`vclib.splits.SPLITS`) or split tables.
+        Split names (:data:`vclib.splits.SPLITS`) or split tables (e.g. :func:`split_tables` output, with a
+        ``seed`` column). A split that cannot apply to the data (one context for ``unseen_context``, no doubles
+        for ``combinations``) is skipped and named in ``attrs["skipped"]``.
     models
         Model names (baselines and models) or a dict ``{name: estimator}``. Estimators are cloned per cell; a
         ``seed`` setting is replaced by the cell's seed. :class:`vclib.models.ExternalPredictions` are bound to
-        each fold with ``select``.
+        each fold with ``select``. A built-in model that cannot be fitted on a fold's data (e.g. the MLP with
+        fewer than 3 training perturbations) is skipped there and named.
     metrics
         Metric names (default: all).
     seeds
         Seeds of the splits and models.
     results_dir
-        Folder for the finished cells (resume and no double work). None: keep nothing on disk.
+        Folder for the finished cells (resume and no double work), the split tables used (``splits.csv``) and
+        the run's notes. None: keep nothing on disk.
     split_options
         Options per split name, e.g. ``{"unseen_perturbation": {"n_folds": 3}}``.
     evaluate_options
         Passed to :func:`vclib.metrics.evaluate` (e.g. ``{"exclude": None}``).
     include_ceiling
-        Also score the split-half noise ceiling (model ``"ceiling"``, full size) on every fold.
+        Also score the noise ceiling (model ``"ceiling"``, :func:`vclib.metrics.ceiling`) on every fold.
     observed_de
         :func:`vclib.metrics.rank_genes` of ``data`` if already computed (otherwise computed once here).
     progress
@@ -134,8 +265,11 @@ def run(
 
     Returns
     -------
-    DataFrame with columns ``context``, ``perturbation``, ``metric``, ``value``, ``model``, ``split``, ``fold``,
-    ``seed``.
+    DataFrame with columns ``context``, ``perturbation``, ``metric``, ``value``, ``note``, ``model``, ``split``,
+    ``fold``, ``seed``. ``attrs``: ``skipped`` (analyses that could not apply, with reasons), ``identical``
+    (models whose predictions coincide on a split, :func:`identical_models`), ``notes`` (what the models said,
+    e.g. the linear model finding none of the targets among the genes), ``splits`` (the split tables used) and
+    ``fingerprint`` (of the observed data).
 
     Examples
     --------
@@ -147,52 +281,228 @@ def run(
     ['ceiling', 'linear', 'no_change']
     """
     models = _models(models)
-    split_options = split_options or {}
-    evaluate_options = evaluate_options or {}
-    for name in splits:
-        if isinstance(name, str) and name not in _splits.SPLITS:
-            raise VclibInputError(f"unknown split {name!r}; valid splits: {', '.join(_splits.SPLITS)}.")
-    pb = pbk.pseudobulk(data)
-    data_hash = fingerprint(data)
+    metrics = check_metrics(metrics) if metrics is not None else None
+    evaluate_options = dict(evaluate_options or {})
+    for key in ("conditions", "model", "split", "observed_de", "metrics"):
+        if key in evaluate_options:
+            raise VclibInputError(f"evaluate_options may not set {key!r}: run() sets it per cell.")
+    de_settings = {k: evaluate_options.pop(k) for k in ("epsilon", "de_options") if k in evaluate_options}
+    obs = prepare(data, de=observed_de, **de_settings)
+    if isinstance(data, Observed) and observed_de is not None:
+        raise VclibInputError("pass observed_de= with an AnnData, not with a prepared Observed (it holds its DE).")
     wants_de = metrics is None or any(m in DE_METRICS for m in metrics)
-    if observed_de is None and wants_de:
-        observed_de = rank_genes(data)
+    tables = split_tables(obs, splits=splits, seeds=seeds, split_options=split_options)
+    skipped, notes = list(tables.attrs["skipped"]), list(tables.attrs["notes"])
+    if tables.empty:
+        raise NotApplicable("no split applies to this data: " + "; ".join(f"{s['analysis']}: {s['reason']}"
+                                                                          for s in skipped))
+    data_hash = obs.fingerprint
+    de_hash = _de_hash(observed_de) if observed_de is not None else None
     cells_dir = Path(results_dir) / "cells" if results_dir is not None else None
     if cells_dir is not None:
         cells_dir.mkdir(parents=True, exist_ok=True)
 
     grid = []
-    for seed in seeds:
-        for s in splits:
-            table = s if isinstance(s, pd.DataFrame) else _splits.make(s, data, seed=seed,
-                                                                        **split_options.get(s, {}))
-            for split, fold in _splits.folds(table):
-                names = ([CEILING] if include_ceiling else []) + list(models)
-                grid += [(name, table, split, fold, seed) for name in names]
+    for seed, by_seed in tables.groupby("seed", sort=True):
+        for split, fold in _splits.folds(by_seed):
+            fold_table = by_seed[(by_seed["split"] == split) & (by_seed["fold"] == fold)]
+            names = ([CEILING] if include_ceiling else []) + list(models)
+            grid += [(name, fold_table, split, fold, int(seed)) for name in names]
 
-    results, index = [], []
+    results, index, predictions = [], [], {}
     for name, table, split, fold, seed in tqdm(grid, desc="benchmark", disable=not progress):
-        model = None if name == CEILING else models[name]
-        settings = {"vclib_version": __version__, "data": data_hash, "model": name,
-                    "estimator": _describe(model) if model is not None else "split-half ceiling",
-                    "split": split, "fold": fold, "seed": seed, "metrics": metrics, "evaluate": evaluate_options,
-                    "split_table": _cell_key(table.to_dict("list"))}
+        model = None if name == CEILING else _bind(models[name], split, fold)
+        settings = {"vclib_version": __version__, "data": data_hash, "observed_de": de_hash, "model": name,
+                    "estimator": _describe(model) if model is not None else "noise ceiling",
+                    "split": split, "fold": fold, "seed": seed, "metrics": metrics,
+                    "evaluate": {**evaluate_options, **de_settings},
+                    "split_table": _cell_key(table.drop(columns="seed").to_dict("list"))}
         path = None
         if cells_dir is not None:
-            path = cells_dir / f"{name}__{split}__{fold}__seed{seed}__{_cell_key(settings)}.csv".replace("/", "-")
-            index.append({"model": name, "split": split, "fold": str(fold), "seed": seed,
-                          "scores": path.name, "predictions": path.with_suffix(".h5ad").name})
+            safe = _splits.safe_name(f"{name}__{split}__{fold}__seed{seed}")
+            path = cells_dir / f"{safe}__{_cell_key(settings)}.csv"
             if path.exists() and path.with_suffix(".h5ad").exists():
-                results.append(pd.read_csv(path, dtype=SCORE_DTYPES))
-                continue
-        frame, predicted = _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observed_de,
-                                       evaluate_options)
+                frame, predicted = read_scores(path), ad.read_h5ad(path.with_suffix(".h5ad"))
+                note = json.loads(path.with_suffix(".json").read_text()).get("note", "")
+            else:
+                frame, predicted, note = _score_cell(obs, model, name, table, split, fold, seed, metrics,
+                                                     evaluate_options, wants_de)
+                _write_atomic(frame, predicted, path, {**settings, "note": note})
+        else:
+            frame, predicted, note = _score_cell(obs, model, name, table, split, fold, seed, metrics,
+                                                 evaluate_options, wants_de)
+        if note:
+            (skipped if frame.empty else notes).append(
+                {"analysis": f"{name} on {split} fold {fold} (seed {seed})", "reason": note})
         if path is not None:
-            _write_atomic(frame, predicted, path, settings)
+            index.append({"model": name, "split": split, "fold": str(fold), "seed": seed, "scores": path.name,
+                          "predictions": path.with_suffix(".h5ad").name, "data": data_hash})
+        predictions[(name, split, str(fold), seed)] = predicted
         results.append(frame)
+    scores = pd.concat(results, ignore_index=True)
+    identical = identical_models(predictions, scores, data=obs)
     if cells_dir is not None:
-        pd.DataFrame(index).to_csv(Path(results_dir) / INDEX_FILE, index=False)
-    return pd.concat(results, ignore_index=True)
+        results_dir = Path(results_dir)
+        pd.DataFrame(index).to_csv(results_dir / INDEX_FILE, index=False)
+        tables.to_csv(results_dir / SPLITS_FILE, index=False)
+        identical.to_csv(results_dir / IDENTICAL_FILE, index=False)
+        pd.DataFrame(skipped + notes, columns=["analysis", "reason"]).assign(
+            kind=["skipped"] * len(skipped) + ["note"] * len(notes)).to_csv(results_dir / SKIPPED_FILE, index=False)
+        (results_dir / MANIFEST_FILE).write_text(json.dumps(
+            {"vclib_version": __version__, "fingerprint": data_hash, "seeds": sorted(set(tables["seed"])),
+             "metrics": metrics, "evaluate": evaluate_options}, indent=1, default=str))
+    scores.attrs.update(skipped=skipped, notes=notes, identical=identical, splits=tables, fingerprint=data_hash)
+    return scores
+
+
+def _bind(model, split: str, fold: str):
+    return model.select(split, fold) if hasattr(model, "select") else clone(model)
+
+
+def _de_hash(de) -> str:
+    h = hashlib.sha256()
+    h.update("\n".join(map(str, de.conditions.index)).encode())
+    h.update("\n".join(map(str, de.genes)).encode())
+    for array in (de.lfc, de.pvalue, de.fdr):
+        h.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _predicted_deltas(predicted: ad.AnnData, controls: ad.AnnData, test: list[str]) -> ad.AnnData:
+    """Prediction minus the control of its context, for the test conditions, as float32."""
+    from vclib import pseudobulk as pbk
+
+    if predicted.obs.groupby([CONTEXT_KEY, PERTURBATION_KEY], observed=True).size().max() > 1:
+        predicted = pbk.pseudobulk(predicted)
+    rows = predicted[test]
+    ctrl = np.asarray(controls[[f"{c}|{CONTROL}" for c in rows.obs[CONTEXT_KEY].astype(str)]].X)
+    obs = rows.obs[[CONTEXT_KEY, PERTURBATION_KEY]].astype(str)
+    return ad.AnnData(X=(np.asarray(rows.X, dtype=np.float64) - ctrl).astype(np.float32), obs=obs,
+                      var=pd.DataFrame(index=rows.var_names.copy()))
+
+
+def _empty_cell(genes: pd.Index) -> tuple[pd.DataFrame, ad.AnnData]:
+    frame = pd.DataFrame(columns=["context", "perturbation", "metric", "value", "note"])
+    predicted = ad.AnnData(X=np.zeros((0, len(genes)), dtype=np.float32),
+                           obs=pd.DataFrame(columns=[CONTEXT_KEY, PERTURBATION_KEY]),
+                           var=pd.DataFrame(index=genes.copy()))
+    return frame, predicted
+
+
+def _score_cell(obs: Observed, model, name, table, split, fold, seed, metrics, evaluate_options, wants_de):
+    """One grid cell: (scores, predicted deltas, a note: why it was skipped or what the model said)."""
+    test = _splits.roles(table, split, fold).get("test", [])
+    note = ""
+    if name == CEILING:
+        first, second = obs.halves(seed)
+        have = set(first.pseudobulk.obs_names) & set(second.pseudobulk.obs_names)
+        splittable = [c for c in test if c in have and f"{c.split('|', 1)[0]}|{CONTROL}" in have]
+        if len(splittable) < len(test):
+            note = (f"{len(test) - len(splittable)} of {len(test)} test conditions have too few cells to split "
+                    "in halves (2 per condition and 2 control cells per context): no ceiling for them")
+        if not splittable:
+            frame, predicted = _empty_cell(obs.var_names)
+            return frame, predicted, note
+        frame = ceiling(obs, seed=seed, conditions=splittable, metrics=metrics, **evaluate_options)
+        predicted = _predicted_deltas(first.pseudobulk, first.pseudobulk, splittable)
+    else:
+        train = _splits.training_data(obs.pseudobulk, table, split, fold)
+        if "seed" in model.get_params():
+            model.set_params(seed=seed)
+        try:
+            model.fit(train)
+        except NotApplicable as err:
+            frame, predicted = _empty_cell(obs.var_names)
+            return frame, predicted, str(err)
+        _splits.check_leakage(model.training_conditions_, table, split, fold)
+        prediction = model.predict(test)
+        note = getattr(model, "note_", "")
+        frame = evaluate(prediction, obs, conditions=test, metrics=metrics, model=name, epsilon=obs.epsilon,
+                         de_options=obs.de_options, **evaluate_options)
+        predicted = _predicted_deltas(prediction, obs.pseudobulk, test)
+    frame["model"] = name
+    frame["split"] = split
+    frame["fold"] = str(fold)
+    frame["seed"] = seed
+    return frame, predicted, note
+
+
+def identical_models(predictions: dict, scores: pd.DataFrame, *, data: Observed | None = None,
+                     atol: float = 1e-6) -> pd.DataFrame:
+    """Models whose predictions coincide on every test condition of a split (within ``atol``), with the reason
+    when the data explains it.
+
+    Parameters
+    ----------
+    predictions
+        ``{(model, split, fold, seed): predicted deltas}`` (what :func:`run` keeps per cell).
+    scores
+        The :func:`run` scores (for the model order).
+    data
+        The observed data, to name the reason (e.g. one perturbation per context).
+    atol
+        Largest absolute difference counted as equal.
+
+    Returns
+    -------
+    One row per (split, group of identical models): ``split``, ``models`` (``"a = b = c"``), ``n_models``,
+    ``reason``.
+    """
+    rows = []
+    cells = pd.DataFrame([{"model": m, "split": s, "fold": f, "seed": k} for m, s, f, k in predictions])
+    if cells.empty:
+        return pd.DataFrame(columns=["split", "models", "n_models", "reason"])
+    one_each = data is not None and (data.pseudobulk.obs.loc[~data.pseudobulk.obs["is_control"]]
+                                     .groupby(CONTEXT_KEY, observed=True).size().max() == 1)
+    for split, group in cells[cells["model"] != CEILING].groupby("split", sort=True):
+        order = [m for m in dict.fromkeys(scores["model"]) if m in set(group["model"])]
+        folds = group[["fold", "seed"]].drop_duplicates().itertuples(index=False, name=None)
+        folds = list(folds)
+        classes: list[list[str]] = []
+        for model in order:
+            for members in classes:
+                if all(_same(predictions.get((model, split, f, k)), predictions.get((members[0], split, f, k)), atol)
+                       for f, k in folds):
+                    members.append(model)
+                    break
+            else:
+                classes.append([model])
+        for members in classes:
+            if len(members) > 1:
+                reason = "one perturbation per context" if one_each else \
+                    "identical predictions on every test condition of this split"
+                rows.append({"split": split, "models": " = ".join(members), "n_models": len(members),
+                             "reason": reason})
+    return pd.DataFrame(rows, columns=["split", "models", "n_models", "reason"])
+
+
+def _same(a: ad.AnnData | None, b: ad.AnnData | None, atol: float) -> bool:
+    if a is None or b is None or a.shape != b.shape or not a.obs_names.equals(b.obs_names):
+        return a is None and b is None
+    return bool(np.allclose(np.asarray(a.X), np.asarray(b.X), rtol=0, atol=atol))
+
+
+def merge_identical(table: pd.DataFrame, identical: pd.DataFrame) -> pd.DataFrame:
+    """A summary or comparison table with each group of identical models shown once, named ``"a = b = c"``.
+
+    Parameters
+    ----------
+    table
+        A table with ``model`` and ``split`` columns (e.g. :func:`vclib.metrics.aggregate` output).
+    identical
+        :func:`identical_models` output (``attrs["identical"]`` of :func:`run`).
+    """
+    if identical is None or identical.empty or "split" not in table:
+        return table
+    out = table.copy()
+    drop = np.zeros(len(out), dtype=bool)
+    for row in identical.itertuples(index=False):
+        members = row.models.split(" = ")
+        in_split = (out["split"] == row.split).to_numpy()
+        first = in_split & (out["model"] == members[0]).to_numpy()
+        out.loc[first, "model"] = row.models
+        drop |= in_split & out["model"].isin(members[1:]).to_numpy()
+    return out[~drop].reset_index(drop=True)
 
 
 def load_predictions(results_dir: str | Path) -> ad.AnnData:
@@ -206,10 +516,12 @@ def load_predictions(results_dir: str | Path) -> ad.AnnData:
     if not (results_dir / INDEX_FILE).exists():
         raise VclibInputError(f"{str(results_dir)!r} holds no benchmark run ({INDEX_FILE} missing); run "
                               "vc.benchmark.run(..., results_dir=...) or notebook 02 first.")
-    index = pd.read_csv(results_dir / INDEX_FILE, dtype={"fold": str, "split": str})
+    index = pd.read_csv(results_dir / INDEX_FILE, dtype={"fold": str, "split": str, "model": str})
     parts = []
     for row in index.itertuples(index=False):
         part = ad.read_h5ad(results_dir / "cells" / row.predictions)
+        if part.n_obs == 0:
+            continue
         for key in ("model", "split", "fold", "seed"):
             part.obs[key] = getattr(row, key)
         part.obs_names = [f"{row.model}|{row.split}|{row.fold}|{row.seed}|{n}" for n in part.obs_names]
@@ -217,52 +529,19 @@ def load_predictions(results_dir: str | Path) -> ad.AnnData:
     return ad.concat(parts, merge="same")
 
 
-def _predicted_deltas(predicted: ad.AnnData, controls: ad.AnnData, test: list[str]) -> ad.AnnData:
-    """Prediction minus the control of its context, for the test conditions, as float32."""
-    if predicted.obs.groupby([CONTEXT_KEY, PERTURBATION_KEY], observed=True).size().max() > 1:
-        predicted = pbk.pseudobulk(predicted)
-    rows = predicted[test]
-    ctrl = np.asarray(controls[[f"{c}|{CONTROL}" for c in rows.obs[CONTEXT_KEY].astype(str)]].X)
-    obs = rows.obs[[CONTEXT_KEY, PERTURBATION_KEY]].astype(str)
-    return ad.AnnData(X=(np.asarray(rows.X, dtype=np.float64) - ctrl).astype(np.float32), obs=obs,
-                      var=pd.DataFrame(index=rows.var_names.copy()))
-
-
-def _score_cell(data, pb, model, name, table, split, fold, seed, metrics, observed_de, evaluate_options):
-    test = _splits.roles(table, split, fold).get("test", [])
-    if name == CEILING:
-        frame = ceiling(data, full_size=True, seed=seed, conditions=test, metrics=metrics, **evaluate_options)
-        half = pbk.pseudobulk(data[pbk.half_labels(data, seed=seed) == 0])  # the half ceiling() predicts with
-        predicted = _predicted_deltas(half, half, test)
-    else:
-        train = _splits.training_data(pb, table, split, fold)
-        model = model.select(split, fold) if hasattr(model, "select") else clone(model)
-        if "seed" in model.get_params():
-            model.set_params(seed=seed)
-        model.fit(train)
-        _splits.check_leakage(model.training_conditions_, table, split, fold)
-        prediction = model.predict(test)
-        frame = evaluate(prediction, data, conditions=test, metrics=metrics, observed_de=observed_de,
-                         model=name, **evaluate_options)
-        predicted = _predicted_deltas(prediction, pb, test)
-    frame["model"] = name
-    frame["split"] = split
-    frame["fold"] = str(fold)
-    frame["seed"] = seed
-    return frame, predicted
-
-
 def best_models(
     scores: pd.DataFrame,
     *,
     metrics: list[str] | None = None,
     baselines: list[str] | None = None,
+    identical: pd.DataFrame | None = None,
     n_boot: int = 1000,
     seed: int | None = 0,
+    min_n: int = MIN_N,
 ) -> pd.DataFrame:
     """Who wins where: per split and metric, the best model, the best baseline, and whether the first beats the
-    second beyond the noise, with the calibrated score ``(u − b) / (c − b)`` against that best baseline. Models
-    with more than 10% undefined values on a metric are not ranked on it.
+    second beyond the noise, with the calibrated score ``(u − b) / (c − b)`` against that best baseline where the
+    ceiling is clearly above it. Models with more than 10% undefined values on a metric are not ranked on it.
 
     Parameters
     ----------
@@ -272,17 +551,22 @@ def best_models(
         Metrics to report (default all in ``scores``).
     baselines
         Model names that count as baselines (default: the names of :data:`vclib.baselines.BASELINES`).
-    n_boot, seed
-        Bootstrap resamples and seed of the paired comparison.
+    identical
+        :func:`identical_models` output (default ``scores.attrs["identical"]``): identical models are named
+        together (``"training_mean = context_mean"``).
+    n_boot, seed, min_n
+        Bootstrap resamples, seed and fewest perturbations of a verdict (:func:`vclib.metrics.compare`).
 
     Returns
     -------
-    One row per (split, metric): ``best_model``, ``best_mean``, ``best_baseline``, ``baseline_mean``,
-    ``ceiling``, ``beats_best_baseline`` (``yes`` / ``tie`` / ``no``, or ``a baseline is best``) with the paired
-    ``difference`` and its CI, and ``calibrated``; and for the best learned (non-baseline) model, wherever it
-    ranks: ``best_learned``, ``learned_mean``, ``learned_vs_baseline`` and ``learned_calibrated``.
+    One row per (split, metric): ``best_model``, ``best_mean``, ``n``, ``best_baseline``, ``baseline_mean``,
+    ``ceiling``, ``beats_best_baseline`` (``yes`` / ``tie`` / ``no`` / ``too few conditions (n = …)``, or ``a
+    baseline is best``) with the paired ``difference`` and its CI, ``calibrated`` and ``calibration_note``; and
+    for the best learned (non-baseline) model, wherever it ranks: ``best_learned``, ``learned_mean``,
+    ``learned_vs_baseline`` and ``learned_calibrated``. ``note`` says when a metric is undefined for every model.
     """
     baselines = list(BASELINES) if baselines is None else list(baselines)
+    identical = scores.attrs.get("identical") if identical is None else identical
     summary = aggregate(scores, n_boot=n_boot, seed=seed)
     rows = []
     for (split, metric), group in summary[summary["model"] != CEILING].groupby(["split", "metric"], sort=True):
@@ -290,31 +574,58 @@ def best_models(
             continue
         # a model scored on only some conditions (e.g. the additive baseline's correlations, undefined for
         # singles) cannot be ranked by a mean over a different set: it needs 90% of its conditions defined
-        group = group[group["n"] >= 0.9 * (group["n"] + group["n_nan"])].dropna(subset=["mean"])
-        base = group[group["model"].isin(baselines)]
-        if group.empty or base.empty:
+        ranked = group[(group["n"] > 0) & (group["n"] >= 0.9 * (group["n"] + group["n_nan"]))].dropna(
+            subset=["mean"])
+        base = ranked[ranked["model"].isin(baselines)]
+        if ranked.empty or base.empty:
+            rows.append({"split": split, "metric": metric, "note": f"not applicable here: {group['note'].iloc[0]}"
+                         if group["n"].max() == 0 else "no baseline is defined on 90% of the conditions"})
             continue
         pick = (lambda g: g.loc[g["mean"].idxmax()]) if REGISTRY[metric].higher_is_better else \
             (lambda g: g.loc[g["mean"].idxmin()])
-        best, best_base = pick(group), pick(base)
+        best, best_base = pick(ranked), pick(base)
+        part = scores[(scores["split"] == split) & (scores["metric"] == metric)]
+        calibration = None
+        if CEILING in set(part["model"]):
+            calibration = calibrate(part, baseline=best_base["model"], n_boot=n_boot, seed=seed, min_n=min_n)
+            calibration = calibration.set_index("model")
         ceiling_rows = summary[(summary["model"] == CEILING) & (summary["split"] == split)
                                & (summary["metric"] == metric)]
         c = ceiling_rows["mean"].iloc[0] if len(ceiling_rows) else np.nan
-        span = c - best_base["mean"]
-        row = {"split": split, "metric": metric, "best_model": best["model"], "best_mean": best["mean"],
-               "best_baseline": best_base["model"], "baseline_mean": best_base["mean"], "ceiling": c,
-               "beats_best_baseline": "a baseline is best", "difference": 0.0, "ci_low": np.nan,
-               "ci_high": np.nan, "calibrated": (best["mean"] - best_base["mean"]) / span if span else np.nan}
-        learned = group[~group["model"].isin(baselines)]
+
+        def calibrated(model: str) -> tuple[float, str]:
+            if calibration is None or model not in calibration.index:
+                return np.nan, "no ceiling" if calibration is None else ""
+            return calibration.at[model, "calibrated"], calibration.at[model, "calibration_note"]
+
+        row = {"split": split, "metric": metric, "best_model": _named(best["model"], split, identical),
+               "best_mean": best["mean"], "n": int(best["n"]),
+               "best_baseline": _named(best_base["model"], split, identical), "baseline_mean": best_base["mean"],
+               "ceiling": c, "beats_best_baseline": "a baseline is best", "difference": 0.0, "ci_low": np.nan,
+               "ci_high": np.nan, "calibrated": np.nan, "calibration_note": "", "note": ""}
+        if best["model"] != best_base["model"]:
+            row["calibrated"], row["calibration_note"] = calibrated(best["model"])
+        learned = ranked[~ranked["model"].isin(baselines)]
         if len(learned):  # the best learned model, however it ranks, against the best baseline
             model = pick(learned)
-            pair = scores[(scores["split"] == split) & (scores["metric"] == metric)
-                          & scores["model"].isin([model["model"], best_base["model"]])]
-            diff = compare(pair, baseline=best_base["model"], n_boot=n_boot, seed=seed).iloc[0]
-            row.update(best_learned=model["model"], learned_mean=model["mean"], learned_vs_baseline=diff["better"],
-                       learned_calibrated=(model["mean"] - best_base["mean"]) / span if span else np.nan)
+            pair = part[part["model"].isin([model["model"], best_base["model"]])]
+            diff = compare(pair, baseline=best_base["model"], n_boot=n_boot, seed=seed, min_n=min_n).iloc[0]
+            learned_cal, learned_note = calibrated(model["model"])
+            row.update(best_learned=_named(model["model"], split, identical), learned_mean=model["mean"],
+                       learned_vs_baseline=diff["better"], learned_calibrated=learned_cal,
+                       learned_calibration_note=learned_note)
             if model["model"] == best["model"]:
                 row.update(beats_best_baseline=diff["better"], difference=diff["difference"],
                            ci_low=diff["ci_low"], ci_high=diff["ci_high"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _named(model: str, split: str, identical: pd.DataFrame | None) -> str:
+    """A model's name, or its group of identical models on this split (``"a = b"``)."""
+    if identical is None or identical.empty:
+        return model
+    for row in identical[identical["split"] == split].itertuples(index=False):
+        if model in row.models.split(" = "):
+            return row.models
+    return model

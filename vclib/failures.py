@@ -19,6 +19,7 @@ what is known about each test condition:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,56 +29,98 @@ import pandas as pd
 from scipy import stats
 
 from vclib import pseudobulk as pbk
-from vclib.benchmark import load_predictions
-from vclib.metrics import REGISTRY, compare
+from vclib.benchmark import load_predictions, read_scores
+from vclib.metrics import MIN_N, REGISTRY, Observed, compare, prepare, too_few
 from vclib.metrics._de import DEResult
 from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, condition_id, targets
 
-KEYS = ["split", "fold", CONTEXT_KEY, PERTURBATION_KEY]
+KEYS = ["split", "fold", "seed", CONTEXT_KEY, PERTURBATION_KEY]
 COVARIATES = ["distance_to_training", "n_training_contexts", "effect_size", "n_de_genes", "n_cells",
               "reliability", "n_seen_singles", "non_additivity"]
 
 
-def observed_effects(adata: ad.AnnData, *, de: DEResult, fdr: float = 0.05) -> pd.DataFrame:
+def _non_additivity(deltas: ad.AnnData, names: list[str]) -> np.ndarray:
+    """Per condition, ``delta_AB − Σ delta_single`` (NaN rows where it is not a double with all singles measured)."""
+    X = np.asarray(deltas.X, dtype=np.float64)
+    row = {n: i for i, n in enumerate(deltas.obs_names)}
+    out = np.full((len(names), X.shape[1]), np.nan)
+    for i, name in enumerate(names):
+        context, pert = name.split("|", 1)
+        singles = [condition_id(context, t) for t in targets(pert)]
+        if len(singles) > 1 and name in row and all(s in row for s in singles):
+            out[i] = X[row[name]] - sum(X[row[s]] for s in singles)
+    return out
+
+
+def observed_effects(adata: ad.AnnData | Observed, *, de: DEResult | None = None, fdr: float = 0.05,
+                     n_splits: int = 5, seed: int | None = 0) -> pd.DataFrame:
     """What was observed for every perturbed condition: effect size, DE genes, cells, non-additivity.
+
+    Non-additivity ``‖delta_AB − delta_A − delta_B‖²`` carries the measurement noise of four pseudobulks (the
+    double, both singles, the control), which inflates it even for a perfectly additive pair. Its noise term is
+    estimated from split halves: with each condition's cells (and the control's) halved, the same expression
+    ``N_h`` on half h, ``‖N_0 − N_1‖² / 4`` has the expectation of the noise in ``‖N‖²`` (two halves differ by twice
+    a half's noise variance, a half has twice the whole's). Averaged over ``n_splits`` random splits, it is
+    subtracted: ``non_additivity`` is the noise-corrected value (unbiased, so it can be negative); it is flagged
+    ``within noise`` when the raw value exceeds the noise estimate by less than twice the noise estimate's spread
+    across splits.
 
     Parameters
     ----------
     adata
-        Observed cells in the data contract.
+        Observed cells in the data contract, or a prepared :class:`vclib.metrics.Observed` (its DE and halves
+        are reused).
     de
-        :func:`vclib.metrics.rank_genes` of ``adata``.
+        :func:`vclib.metrics.rank_genes` of ``adata`` (default: computed, or the Observed's).
     fdr
         FDR threshold of a DE gene.
+    n_splits, seed
+        Random half splits of the non-additivity noise estimate (seeds ``seed``, ``seed + 1``, ...).
 
     Returns
     -------
     One row per perturbed condition (index ``"context|perturbation"``): ``context``, ``perturbation``,
-    ``n_cells``, ``effect_size`` (L2 norm of the delta), ``n_de_genes``, and ``non_additivity`` for a
-    combination whose singles were measured in its context (L2 norm of ``delta_AB − delta_A − delta_B``).
+    ``n_cells``, ``effect_size`` (L2 norm of the delta), ``n_de_genes``, and for a combination whose singles were
+    measured in its context ``non_additivity`` (noise-corrected ``‖delta_AB − Σ delta_single‖²``),
+    ``non_additivity_raw``, ``non_additivity_noise`` and ``non_additivity_within_noise``.
 
     Examples
     --------
     >>> import vclib as vc
     >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=6, n_combinations=2, n_genes=60)
-    >>> effects = vc.failures.observed_effects(adata, de=vc.metrics.rank_genes(adata))
-    >>> effects.columns.tolist()
+    >>> effects = vc.failures.observed_effects(adata)
+    >>> effects.columns.tolist()[:6]
     ['context', 'perturbation', 'n_cells', 'effect_size', 'n_de_genes', 'non_additivity']
     """
-    deltas = pbk.deltas(pbk.pseudobulk(adata))
-    X = np.asarray(deltas.X, dtype=np.float64)
+    obs = prepare(adata, de=de) if not isinstance(adata, Observed) else adata
+    de = obs.de if de is None else de
+    deltas = obs.deltas
     out = deltas.obs[[CONTEXT_KEY, PERTURBATION_KEY, "n_cells"]].copy()
     out[CONTEXT_KEY] = out[CONTEXT_KEY].astype(str)
-    out["effect_size"] = np.linalg.norm(X, axis=1)
+    out["effect_size"] = np.linalg.norm(np.asarray(deltas.X, dtype=np.float64), axis=1)
     n_de = pd.Series(de.significant(fdr).sum(axis=1), index=de.conditions.index)
     out["n_de_genes"] = n_de.reindex(out.index).to_numpy()
-    row = {n: i for i, n in enumerate(deltas.obs_names)}
-    non_additivity = np.full(len(out), np.nan)
-    for i, (c, p) in enumerate(zip(out[CONTEXT_KEY], out[PERTURBATION_KEY], strict=True)):
-        singles = [condition_id(c, t) for t in targets(p)]
-        if len(singles) > 1 and all(s in row for s in singles):
-            non_additivity[i] = np.linalg.norm(X[i] - sum(X[row[s]] for s in singles))
-    out["non_additivity"] = non_additivity
+    names = list(out.index)
+    raw = (_non_additivity(deltas, names) ** 2).sum(axis=1)
+    raw[~np.isfinite(_non_additivity(deltas, names)).all(axis=1)] = np.nan
+    noise = np.full((n_splits, len(names)), np.nan)
+    if np.isfinite(raw).any():
+        for k in range(n_splits):
+            halves = obs.halves(None if seed is None else seed + k)
+            parts = []
+            for h in halves:
+                ok = set(h.pseudobulk.obs.loc[h.pseudobulk.obs["is_control"], CONTEXT_KEY].astype(str))
+                keep = h.pseudobulk.obs[CONTEXT_KEY].astype(str).isin(ok).to_numpy()
+                parts.append(_non_additivity(pbk.deltas(h.pseudobulk[keep]), names))
+            noise[k] = ((parts[0] - parts[1]) ** 2).sum(axis=1) / 4
+    with np.errstate(invalid="ignore"):
+        noise_mean = np.where(np.isfinite(noise).all(axis=0), noise.mean(axis=0), np.nan)
+        spread = noise.std(axis=0, ddof=1) if n_splits > 1 else np.zeros(len(names))
+    out["non_additivity"] = raw - noise_mean
+    out["non_additivity_raw"] = raw
+    out["non_additivity_noise"] = noise_mean
+    within = pd.Series(raw - noise_mean < 2 * spread, index=out.index, dtype=object)
+    out["non_additivity_within_noise"] = within.where(np.isfinite(raw - noise_mean), None)
     return out
 
 
@@ -115,7 +158,8 @@ def split_covariates(splits: pd.DataFrame, distances: pd.DataFrame | None = None
         for a, b, d in distances[["context_a", "context_b", distance]].itertuples(index=False):
             lookup[(str(a), str(b))] = lookup[(str(b), str(a))] = d
     rows = []
-    for (split, fold), table in splits.groupby(["split", "fold"], sort=False):
+    splits = splits if "seed" in splits else splits.assign(seed=0)
+    for (split, fold, seed), table in splits.groupby(["split", "fold", "seed"], sort=False):
         train = table[(table["role"] == "train") & (table[PERTURBATION_KEY] != CONTROL)]
         trained_contexts = sorted(set(train[CONTEXT_KEY]))
         measured = train.groupby(PERTURBATION_KEY)[CONTEXT_KEY].apply(set).to_dict()
@@ -131,7 +175,7 @@ def split_covariates(splits: pd.DataFrame, distances: pd.DataFrame | None = None
             if "+" in pert:  # a double counts the contexts where all of its singles were trained
                 sets = [measured.get(t, set()) for t in targets(pert)]
                 contexts = set.intersection(*sets) if sets else set()
-            rows.append({"split": split, "fold": str(fold), CONTEXT_KEY: ctx, PERTURBATION_KEY: pert,
+            rows.append({"split": split, "fold": str(fold), "seed": int(seed), CONTEXT_KEY: ctx, PERTURBATION_KEY: pert,
                          "distance_to_training": dist, "nearest_training_context": near,
                          "n_training_contexts": len(contexts),
                          "n_seen_singles": row.n_seen_singles})
@@ -167,8 +211,14 @@ def condition_table(
     table = scores[scores[PERTURBATION_KEY] != "*"].copy()
     table["fold"] = table["fold"].astype(str)
     covariates = covariates.assign(fold=covariates["fold"].astype(str))
-    table = table.merge(covariates, on=KEYS, how="left")
-    effect_cols = ["n_cells", "effect_size", "n_de_genes", "non_additivity"]
+    keys = [k for k in KEYS if k in table and k in covariates]
+    if "seed" in keys:
+        table["seed"] = table["seed"].astype(int)
+        covariates = covariates.assign(seed=covariates["seed"].astype(int))
+    table = table.merge(covariates.drop(columns=[c for c in covariates if c in table and c not in keys]),
+                        on=keys, how="left")
+    effect_cols = [c for c in ["n_cells", "effect_size", "n_de_genes", "non_additivity",
+                               "non_additivity_within_noise"] if c in effects]
     table = table.merge(effects[[CONTEXT_KEY, PERTURBATION_KEY, *effect_cols]], on=[CONTEXT_KEY, PERTURBATION_KEY],
                         how="left")
     if reliability is not None:
@@ -198,6 +248,7 @@ def regime_map(
     bins: int = 3,
     n_boot: int = 1000,
     seed: int | None = 0,
+    min_n: int = MIN_N,
 ) -> pd.DataFrame:
     """Where does ``model`` beat ``baseline``? Paired differences with bootstrap CIs per covariate stratum.
 
@@ -213,11 +264,13 @@ def regime_map(
         Column to stratify by (quantile bins, or its own values when it has at most ``bins`` of them).
     bins, n_boot, seed
         Strata, bootstrap resamples and seed.
+    min_n
+        Fewest perturbations a verdict rests on; a stratum with fewer gets ``"too few conditions (n = …)"``.
 
     Returns
     -------
     One row per (split, stratum): ``difference`` (model − baseline), ``ci_low``, ``ci_high``, ``n`` and
-    ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction).
+    ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction, or too few conditions).
     """
     for name in (model, baseline):
         if name not in set(table["model"]):
@@ -226,8 +279,12 @@ def regime_map(
     if covariate not in rows:
         raise VclibInputError(f"no covariate {covariate!r}; covariates: {[c for c in COVARIATES if c in rows]}.")
     rows["stratum"] = _strata(rows[covariate], bins)
-    result = compare(rows, baseline=baseline, by=("split", "metric", "stratum"), n_boot=n_boot, seed=seed)
-    result["verdict"] = result["better"].map({"yes": "wins", "no": "loses", "tie": "ties", "n/a": "n/a"})
+    result = compare(rows, baseline=baseline, by=("split", "metric", "stratum"), n_boot=n_boot, seed=seed,
+                     min_n=min_n)
+    if result.empty:
+        return pd.DataFrame(columns=["model", "split", "metric", "covariate", "stratum", "difference", "ci_low",
+                                     "ci_high", "n", "n_pairs", "verdict"])
+    result["verdict"] = result["better"].map(lambda b: {"yes": "wins", "no": "loses", "tie": "ties"}.get(b, b))
     result.insert(3, "covariate", covariate)
     return result.drop(columns="better")
 
@@ -240,6 +297,7 @@ def error_drivers(
     covariates: list[str] | None = None,
     n_boot: int = 500,
     seed: int | None = 0,
+    min_n: int = MIN_N,
 ) -> pd.DataFrame:
     """Which covariates explain a model's per-condition score? Spearman correlations and a standardised linear
     regression (all covariates together), each with a bootstrap 95% CI over conditions.
@@ -254,12 +312,14 @@ def error_drivers(
         Columns to use (default: those of :data:`COVARIATES` that vary).
     n_boot, seed
         Bootstrap resamples and seed.
+    min_n
+        Fewest conditions to estimate anything from; below it every covariate's row says so in ``note``.
 
     Returns
     -------
     One row per covariate: ``spearman`` with ``spearman_low`` / ``spearman_high``, and ``coefficient`` (change
     of the score per standard deviation of the covariate, others held fixed) with ``coef_low`` / ``coef_high``;
-    ``n`` conditions used.
+    ``n`` conditions used and ``note`` (``"too few conditions (n = …)"`` where nothing was estimated).
     """
     rows = table[(table["model"] == model) & (table["metric"] == metric)]
     if rows.empty:
@@ -267,9 +327,13 @@ def error_drivers(
     candidates = covariates or COVARIATES
     usable = [c for c in candidates if c in rows and rows[c].notna().mean() > 0.9 and rows[c].nunique() > 1]
     data = rows[["value", *usable]].dropna()
-    if len(data) < 5 or not usable:
-        return pd.DataFrame(columns=["covariate", "spearman", "spearman_low", "spearman_high", "coefficient",
-                                     "coef_low", "coef_high", "n"])
+    columns = ["covariate", "spearman", "spearman_low", "spearman_high", "coefficient", "coef_low", "coef_high",
+               "n", "note"]
+    if not usable:
+        return pd.DataFrame(columns=columns)
+    if len(data) < max(min_n, 3):
+        return pd.DataFrame({"covariate": usable, **{c: np.nan for c in columns[1:7]}, "n": len(data),
+                             "note": too_few(len(data))}, columns=columns)
     y = data["value"].to_numpy(dtype=float)
     X = data[usable].to_numpy(dtype=float)
     rng = np.random.default_rng(seed)
@@ -291,7 +355,7 @@ def error_drivers(
         "covariate": usable, "spearman": rho,
         "spearman_low": np.nanquantile(rho_b, 0.025, axis=0), "spearman_high": np.nanquantile(rho_b, 0.975, axis=0),
         "coefficient": coef, "coef_low": np.quantile(coef_b, 0.025, axis=0),
-        "coef_high": np.quantile(coef_b, 0.975, axis=0), "n": len(y),
+        "coef_high": np.quantile(coef_b, 0.975, axis=0), "n": len(y), "note": "",
     })
 
 
@@ -323,6 +387,8 @@ def hit_rate_curves(predictions: ad.AnnData, effects: pd.DataFrame, *, min_de: i
         idx = predictions.obs_names.get_indexer(group.index)
         is_hit = hits.reindex(list(zip(group[CONTEXT_KEY], group[PERTURBATION_KEY], strict=True))).fillna(False)
         is_hit = is_hit.to_numpy(dtype=bool)
+        if len(group) < 2 or not is_hit.any():  # one perturbation or no hit: a ranking says nothing
+            continue
         order = np.argsort(-effect[idx], kind="stable")
         n = len(order) if k_max is None else min(k_max, len(order))
         k = np.arange(1, n + 1)
@@ -331,7 +397,12 @@ def hit_rate_curves(predictions: ad.AnnData, effects: pd.DataFrame, *, min_de: i
                                   "best_possible": np.minimum(k, is_hit.sum()) / k,
                                   "chance": is_hit.mean()}))
     if not rows:
-        return pd.DataFrame(columns=["model", "split", "k", "hit_rate", "best_possible", "chance", "n"])
+        out = pd.DataFrame(columns=["model", "split", "k", "hit_rate", "best_possible", "chance", "n"])
+        n_hits = int(hits.sum())
+        out.attrs["reason"] = (f"no real hit among the test perturbations (none has >= {min_de} observed DE genes)"
+                               if n_hits == 0 else "every context has a single test perturbation per fold: "
+                               "there is nothing to rank")
+        return out
     curves = pd.concat(rows)
     return curves.groupby(["model", "split", "k"], as_index=False).agg(
         hit_rate=("hit_rate", "mean"), best_possible=("best_possible", "mean"), chance=("chance", "mean"),
@@ -369,7 +440,11 @@ def mode_collapse(predictions: ad.AnnData, observed: ad.AnnData) -> pd.DataFrame
         rows.append(dict(zip(["model", "split", "fold", "seed", CONTEXT_KEY], key, strict=True),
                          predicted_spread=spread_p, observed_spread=spread_o,
                          spread_ratio=spread_p / spread_o if spread_o > 0 else np.nan, n=len(group)))
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=["model", "split", "fold", "seed", CONTEXT_KEY, "predicted_spread",
+                                      "observed_spread", "spread_ratio", "n"])
+    if out.empty:
+        out.attrs["reason"] = "every context has a single test perturbation per fold: there is no spread to compare"
+    return out
 
 
 def worst_conditions(table: pd.DataFrame, *, model: str, metric: str, n: int = 6) -> pd.DataFrame:
@@ -390,6 +465,7 @@ class BenchmarkResults:
     observed: ad.AnnData  # observed deltas, rows "context|perturbation"
     distances: pd.DataFrame | None
     reliability: pd.DataFrame | None
+    identical: pd.DataFrame | None = None  # models with identical predictions per split (notebook 02)
 
 
 def read_results(results_dir: str | Path) -> BenchmarkResults:
@@ -410,15 +486,27 @@ def read_results(results_dir: str | Path) -> BenchmarkResults:
         )
     dtypes = {"fold": str, "split": str, CONTEXT_KEY: str, PERTURBATION_KEY: str}
     optional = {name: pd.read_csv(results_dir / name) if (results_dir / name).exists() else None
-                for name in ("context_distances.csv", "reliability.csv")}
+                for name in ("context_distances.csv", "reliability.csv", "benchmark/identical_models.csv")}
+    pseudobulk = ad.read_h5ad(results_dir / "pseudobulk.h5ad")
+    manifest = results_dir / "benchmark" / "manifest.json"
+    described = {"notebook 01 (pseudobulk.h5ad)": pseudobulk.uns.get("vclib", {}).get("fingerprint"),
+                 "notebook 02 (benchmark/manifest.json)": json.loads(manifest.read_text()).get("fingerprint")
+                 if manifest.exists() else None}
+    if len({v for v in described.values() if v}) > 1:
+        raise VclibInputError(
+            f"{str(results_dir)!r} mixes results of different data: "
+            + ", ".join(f"{k} describes data {v}" for k, v in described.items())
+            + ". Re-run notebooks 01 and 02 on the same dataset into a fresh RESULTS_DIR."
+        )
     return BenchmarkResults(
-        scores=pd.read_csv(results_dir / "benchmark_scores.csv", dtype=dtypes),
+        scores=read_scores(results_dir / "benchmark_scores.csv"),
         splits=pd.read_csv(results_dir / "splits.csv", dtype=dtypes),
         effects=pd.read_csv(results_dir / "observed_effects.csv", index_col=0, dtype=dtypes),
         predictions=load_predictions(results_dir / "benchmark"),
-        observed=pbk.deltas(ad.read_h5ad(results_dir / "pseudobulk.h5ad")),
+        observed=pbk.deltas(pseudobulk),
         distances=optional["context_distances.csv"],
         reliability=optional["reliability.csv"],
+        identical=optional["benchmark/identical_models.csv"],
     )
 
 
@@ -428,6 +516,9 @@ def describe_drivers(drivers: pd.DataFrame, *, model: str, metric: str) -> list[
     higher = REGISTRY[metric].higher_is_better if metric in REGISTRY else True
     sentences = []
     for row in drivers.itertuples(index=False):
+        if getattr(row, "note", ""):
+            sentences.append(f"{model}: {row.covariate} vs {metric}: {row.note}, no estimate.")
+            continue
         ci = f"Spearman {row.spearman:+.2f} [{row.spearman_low:+.2f}, {row.spearman_high:+.2f}], n = {row.n}"
         if row.spearman_low <= 0 <= row.spearman_high or not np.isfinite(row.spearman):
             sentences.append(f"{model}: no clear relation between {row.covariate} and {metric} ({ci}).")

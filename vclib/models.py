@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPRegressor
@@ -21,7 +23,15 @@ from sklearn.preprocessing import StandardScaler
 
 from vclib import pseudobulk as pbk
 from vclib.baselines import PseudobulkBaseline, _embedding_matrix, _parse, _perturbation_embedding
-from vclib.schema import CONTEXT_KEY, CONTROL, DEFAULT_CONTEXT, PERTURBATION_KEY, VclibInputError, canonical_label
+from vclib.schema import (
+    CONTEXT_KEY,
+    CONTROL,
+    DEFAULT_CONTEXT,
+    PERTURBATION_KEY,
+    NotApplicable,
+    VclibInputError,
+    canonical_label,
+)
 
 
 class MLP(PseudobulkBaseline):
@@ -73,7 +83,7 @@ class MLP(PseudobulkBaseline):
 
     def _fit(self):
         if len(self.delta_) < 3:
-            raise VclibInputError(f"MLP needs at least 3 training perturbations; got {len(self.delta_)}.")
+            raise NotApplicable(f"the MLP needs at least 3 training perturbations; this fold has {len(self.delta_)}")
         self.G_ = _embedding_matrix(self.delta_, self.d, self.seed)
         controls = np.vstack(list(self.controls_.values()))
         n_ctx = max(1, min(4, len(controls) - 1))
@@ -144,6 +154,26 @@ class ExternalPredictions(PseudobulkBaseline):
             raise VclibInputError(f"external predictions {str(path)!r} not found (split {self.split!r}, "
                                   f"fold {self.fold!r}).")
         return ad.read_h5ad(path), str(path)
+
+    def content_hash(self) -> str:
+        """A hash of the predictions this object reads for its split fold (the file's bytes, or an in-memory
+        AnnData's values and labels), so a changed file is never mistaken for the one scored before."""
+        source = self.source.get((self.split, self.fold)) if isinstance(self.source, dict) else self.source
+        h = hashlib.sha256()
+        if isinstance(source, ad.AnnData):
+            X = source.X
+            for part in ((X.data, X.indices, X.indptr) if sparse.issparse(X) else (np.asarray(X),)):
+                h.update(np.ascontiguousarray(part).tobytes())
+            h.update(pd.util.hash_pandas_object(source.obs.astype(str), index=True).to_numpy().tobytes())
+            h.update("\n".join(map(str, source.var_names)).encode())
+            return h.hexdigest()[:16]
+        path = Path(str(source).format(split=self.split, fold=self.fold)) if source is not None else None
+        if path is None or not path.exists():
+            return "missing"
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()[:16]
 
     def predict(self, conditions) -> ad.AnnData:
         frame = _parse(conditions)

@@ -41,6 +41,11 @@ class VclibInputError(ValueError):
     """Input that does not fit the data contract; the message names the offending values and the fix."""
 
 
+class NotApplicable(VclibInputError):
+    """An analysis that cannot apply to this data's shape (e.g. an unseen-context split with one context); the
+    message says why in one sentence. Pipelines skip it and report the sentence instead of failing."""
+
+
 def condition_id(context: str, perturbation: str) -> str:
     """The identifier of a condition, ``"context|perturbation"``, used as obs index of pseudobulks.
 

@@ -23,6 +23,7 @@ from vclib.schema import (
     CONTEXT_KEY,
     CONTROL,
     PERTURBATION_KEY,
+    NotApplicable,
     VclibInputError,
     condition_id,
     targets,
@@ -34,6 +35,10 @@ FEW_SHOT_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
 
 def _conditions(data: ad.AnnData) -> pd.DataFrame:
     """Distinct (context, perturbation) of cells or a pseudobulk, sorted."""
+    missing = [k for k in (CONTEXT_KEY, PERTURBATION_KEY) if k not in data.obs]
+    if missing:
+        raise VclibInputError(f"obs has no column {missing}: splits need data in vclib's contract; load it with "
+                              "vc.loaders.read(path, perturbation_key=..., context_key=..., control=...) first.")
     obs = data.obs[[CONTEXT_KEY, PERTURBATION_KEY]].astype(str).drop_duplicates()
     return obs.sort_values([CONTEXT_KEY, PERTURBATION_KEY]).reset_index(drop=True)
 
@@ -71,6 +76,8 @@ def unseen_perturbation(data: ad.AnnData, *, n_folds: int = 5, seed: int | None 
     >>> sorted(split["fold"].unique())
     ['0', '1']
     """
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) or n_folds < 2:
+        raise VclibInputError(f"n_folds must be an integer of at least 2, got {n_folds!r}.")
     conditions = _conditions(data)
     rng = np.random.default_rng(seed)
     fold_of = np.full(len(conditions), -1)
@@ -100,7 +107,7 @@ def unseen_context(data: ad.AnnData, *, fraction: float = 0.0, seed: int | None 
     conditions = _conditions(data)
     contexts = sorted(conditions[CONTEXT_KEY].unique())
     if len(contexts) < 2:
-        raise VclibInputError(f"an unseen-context split needs two or more contexts; the data has {contexts}.")
+        raise NotApplicable(f"an unseen-context split needs two or more contexts; the data has {contexts}.")
     rng = np.random.default_rng(seed)
     name = "unseen_context" if fraction == 0 else f"few_shot_{fraction:g}"
     tables = []
@@ -145,10 +152,12 @@ def combinations(data: ad.AnnData, *, holdout_singles: float = 0.3, seed: int | 
     >>> sorted(split.loc[split["role"] == "test", "n_seen_singles"].unique().tolist()) != []
     True
     """
+    if not 0 <= holdout_singles < 1:
+        raise VclibInputError(f"holdout_singles is the fraction of singles held out, in [0, 1); got {holdout_singles!r}.")
     conditions = _conditions(data)
     is_double = conditions[PERTURBATION_KEY].str.contains(COMBINATION_SEP, regex=False).to_numpy()
     if not is_double.any():
-        raise VclibInputError("a combinations split needs perturbations written 'A+B'; the data has none.")
+        raise NotApplicable("a combinations split needs perturbations written 'A+B'; the data has none.")
     rng = np.random.default_rng(seed)
     roles = np.where(is_double, "test", "train").astype(object)
     seen = np.full(len(conditions), np.nan)
@@ -186,6 +195,107 @@ def make(name: str, data: ad.AnnData, *, seed: int | None = 0, **options) -> pd.
     return SPLITS[name](data, seed=seed, **options)
 
 
+def _perturbations_per_context(conditions: pd.DataFrame) -> pd.Series:
+    perturbed = conditions[conditions[PERTURBATION_KEY] != CONTROL]
+    counts = perturbed.groupby(CONTEXT_KEY).size()
+    return counts.reindex(sorted(conditions[CONTEXT_KEY].unique()), fill_value=0)
+
+
+def applicable(data: ad.AnnData, names=tuple(SPLITS), *, options: dict | None = None) -> dict:
+    """Which splits can apply to this data, with what options, and one sentence for each that cannot.
+
+    * ``unseen_perturbation`` needs a context with at least 2 perturbations; its folds are reduced to the most
+      perturbations any context has (noted).
+    * ``unseen_context`` needs 2 or more contexts with perturbed cells.
+    * ``few_shot_context`` needs that and, per fraction f, a context where f of its perturbations is at least
+      one; fractions that show nothing anywhere are dropped (noted).
+    * ``combinations`` needs perturbations written ``A+B``.
+
+    Parameters
+    ----------
+    data
+        Cells or a pseudobulk in the data contract.
+    names
+        The splits asked for.
+    options
+        Options per split name, as :func:`make` takes them.
+
+    Returns
+    -------
+    ``{"splits": {name: options}, "skipped": [{"analysis", "reason"}], "notes": [{"analysis", "reason"}]}``.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=1, n_perturbations=8, n_genes=50, cells_per_condition=5)
+    >>> plan = vc.splits.applicable(adata, ["unseen_perturbation", "unseen_context"])
+    >>> list(plan["splits"]), plan["skipped"][0]["reason"]
+    (['unseen_perturbation'], 'one context (C1): there is no other context to transfer from')
+    """
+    options = options or {}
+    conditions = _conditions(data)
+    per_context = _perturbations_per_context(conditions)
+    contexts = [c for c, n in per_context.items() if n > 0]
+    out: dict = {"splits": {}, "skipped": [], "notes": []}
+
+    def skip(name, reason):
+        out["skipped"].append({"analysis": f"split {name}", "reason": reason})
+
+    for name in names:
+        if name not in SPLITS:
+            raise VclibInputError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}.")
+        own = dict(options.get(name, {}))
+        most = int(per_context.max()) if len(per_context) else 0
+        if name == "unseen_perturbation":
+            if most < 2:
+                skip(name, "one perturbation per context: nothing to hold out within a context")
+                continue
+            n_folds = own.get("n_folds", 5)
+            if isinstance(n_folds, int | np.integer) and not isinstance(n_folds, bool) and n_folds > most:
+                out["notes"].append({"analysis": f"split {name}", "reason": f"{n_folds} folds reduced to {most}: "
+                                     f"no context has more than {most} perturbations"})
+                own["n_folds"] = most
+        elif name in ("unseen_context", "few_shot_context"):
+            if len(contexts) < 2:
+                skip(name, f"one context ({', '.join(per_context.index) or 'none'}): there is no other context to "
+                     "transfer from" if len(per_context) < 2 else
+                     f"only one context ({contexts[0] if contexts else 'none'}) has perturbed cells")
+                continue
+            if name == "few_shot_context":
+                fractions = list(own.get("fractions", FEW_SHOT_FRACTIONS))
+                shown = [f for f in fractions if f == 0 or any(int(round(f * n)) >= 1 for n in per_context)]
+                dropped = [f for f in fractions if f not in shown]
+                if len(shown) < 2:
+                    skip(name, f"too few perturbations per context (at most {most}) for any visible fraction "
+                         f"{', '.join(f'{f:g}' for f in dropped)} to show one")
+                    continue
+                if dropped:
+                    out["notes"].append({"analysis": f"split {name}", "reason": "fraction(s) "
+                                         f"{', '.join(f'{f:g}' for f in dropped)} dropped: they show no perturbation "
+                                         f"of any context (at most {most} per context)"})
+                own["fractions"] = shown
+        elif name == "combinations":
+            if not conditions[PERTURBATION_KEY].str.contains(COMBINATION_SEP, regex=False).any():
+                skip(name, "no combination perturbations (written 'A+B') in the data")
+                continue
+        out["splits"][name] = own
+    return out
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe, unambiguous version of a split/fold label (context names can hold '/', ' ', '+').
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``~XX`` (their hex code), so two labels
+    never map to the same name.
+
+    Examples
+    --------
+    >>> safe_name("unseen_context__CD14+ Monocytes")
+    'unseen_context__CD14~2B~20Monocytes'
+    """
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else f"~{ord(ch):02X}" for ch in str(text))
+
+
 def read(path: str | Path) -> pd.DataFrame:
     """Load a split table saved with ``to_csv`` (labels stay strings)."""
     table = pd.read_csv(path, dtype={"split": str, "fold": str, CONTEXT_KEY: str, PERTURBATION_KEY: str,
@@ -193,7 +303,7 @@ def read(path: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise VclibInputError(f"{str(path)!r} is not a split table: columns {missing} missing.")
-    return table[COLUMNS]
+    return table[COLUMNS + (["seed"] if "seed" in table.columns else [])]
 
 
 def folds(table: pd.DataFrame) -> list[tuple[str, str]]:

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from vclib.pseudobulk import deltas, pseudobulk, split_halves
+from vclib.metrics import Observed, prepare
+from vclib.pseudobulk import deltas, pseudobulk
 from vclib.schema import (
     CONTEXT_KEY,
     CONTROL,
@@ -125,7 +126,8 @@ def reliability(
     Parameters
     ----------
     adata
-        Cells in the data contract.
+        Cells in the data contract, or a prepared :class:`vclib.metrics.Observed` (its pseudobulk and split
+        halves are reused).
     perturbation_key, context_key, control
         Column names and control label.
     method
@@ -150,19 +152,20 @@ def reliability(
     True
     """
     _check_method(method)
-    if _is_signature(adata):
+    if not isinstance(adata, Observed) and _is_signature(adata):
         raise VclibInputError("response signatures have no cells, so no split-half reliability; use cells.")
-    keys = {"perturbation_key": perturbation_key, "context_key": context_key}
-    pb = pseudobulk(adata, **keys, control=control)
+    obs = adata if isinstance(adata, Observed) else prepare(
+        adata, perturbation_key=perturbation_key, context_key=context_key, control=control)
+    pb = obs.pseudobulk
     table = pb.obs.loc[~pb.obs["is_control"], [CONTEXT_KEY, PERTURBATION_KEY, "n_cells"]].copy()
     table[CONTEXT_KEY] = table[CONTEXT_KEY].astype(str)
     rng = np.random.default_rng(seed)
     rs = []
     for _ in range(n_splits):
-        a, b = split_halves(adata, **keys, control=control, seed=int(rng.integers(2**32)))
+        a, b = (half.pseudobulk for half in obs.halves(int(rng.integers(2**32))))
         with_controls = set(a.obs.loc[a.obs["is_control"], CONTEXT_KEY].astype(str))
         keep = a.obs[CONTEXT_KEY].astype(str).isin(with_controls).to_numpy()
-        da, db = deltas(a[keep], control=control), deltas(b[keep], control=control)
+        da, db = deltas(a[keep]), deltas(b[keep])
         rs.append(pd.Series(_corr_rows(np.asarray(da.X), np.asarray(db.X), method), index=da.obs_names))
     r = pd.concat(rs, axis=1).mean(axis=1).reindex(table.index)
     table["split_half_r"] = r

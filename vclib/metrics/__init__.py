@@ -4,17 +4,30 @@
   :func:`discrimination_score` (PDS), :func:`rank_metric`, :func:`hit_rate_at_k`, :func:`de_overlap`,
   :func:`de_precision`, :func:`de_direction`, :func:`de_spearman`, :func:`distance_matrix`.
 * DE engine: :func:`rank_genes` (Wilcoxon rank-sum vs the context's control, BH within each condition).
+* :func:`prepare` → :class:`Observed`: the observed cells validated once, with their pseudobulk, deltas, DE and
+  split halves computed on first use and kept, for every scorer.
 * :func:`evaluate`: predictions vs observed cells → one row per (context, perturbation, metric).
-  :data:`REGISTRY` / :func:`metric_table` say for each metric whether higher is better and its value for a
-  perfect and a constant predictor.
-* Summaries: :func:`aggregate` (bootstrap CIs), :func:`compare` (paired model − baseline),
-  :func:`ceiling` (split-half noise ceiling), :func:`calibrate` ((u − b)/(c − b)).
+  :data:`REGISTRY` / :func:`metric_table` say for each metric whether higher is better, its value for a
+  perfect and a constant predictor, and how its noise ceiling is corrected.
+* Summaries: :func:`aggregate` (bootstrap CIs over perturbations), :func:`compare` (paired model − baseline),
+  :func:`ceiling` (split-half noise ceiling, corrected to a noise-free predictor), :func:`calibrate`
+  ((u − b)/(c − b) where c − b is clearly positive), :func:`beyond_ceiling`.
 
 Definitions: see ``science.md`` (Metrics) in the project documentation and each docstring.
 """
 
 from vclib.metrics._de import DEResult, log2_fold_change, rank_genes
-from vclib.metrics._evaluate import DE_METRICS, REGISTRY, Metric, evaluate, metric_table
+from vclib.metrics._evaluate import (
+    CEILING_RULES,
+    DE_METRICS,
+    REGISTRY,
+    SCORING_DEFAULTS,
+    Metric,
+    check_metrics,
+    evaluate,
+    metric_table,
+    score,
+)
 from vclib.metrics._functions import (
     cosine,
     de_direction,
@@ -32,12 +45,28 @@ from vclib.metrics._functions import (
     rank_metric,
     top_expressed,
 )
-from vclib.metrics._summary import CEILING, aggregate, calibrate, ceiling, compare, predict_control, to_full_size
+from vclib.metrics._observed import Observed, prepare
+from vclib.metrics._summary import (
+    CEILING,
+    MIN_N,
+    aggregate,
+    beyond_ceiling,
+    calibrate,
+    ceiling,
+    cluster_bootstrap,
+    compare,
+    group_rng,
+    predict_control,
+    to_noise_free,
+    too_few,
+    verdict,
+)
 
 __all__ = [
-    "CEILING", "DE_METRICS", "DEResult", "Metric", "REGISTRY", "aggregate", "calibrate", "ceiling", "compare",
+    "CEILING", "CEILING_RULES", "DE_METRICS", "DEResult", "MIN_N", "Metric", "Observed", "REGISTRY",
+    "SCORING_DEFAULTS", "aggregate", "beyond_ceiling", "calibrate", "ceiling", "check_metrics", "cluster_bootstrap", "compare",
     "cosine", "de_direction", "de_overlap", "de_precision", "de_spearman", "discrimination_score",
-    "distance_matrix", "evaluate", "hit_rate_at_k", "l2", "log2_fold_change", "mae", "metric_table", "mse",
-    "pearson", "predict_control", "prediction_distances", "rank_genes", "rank_metric", "to_full_size",
-    "top_expressed",
+    "distance_matrix", "evaluate", "group_rng", "hit_rate_at_k", "l2", "log2_fold_change", "mae", "metric_table",
+    "mse", "pearson", "predict_control", "prediction_distances", "prepare", "rank_genes", "rank_metric", "score",
+    "to_noise_free", "too_few", "top_expressed", "verdict",
 ]

@@ -7,39 +7,53 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from vclib import pseudobulk as pbk
 from vclib.metrics import _functions as fn
 from vclib.metrics._de import DEResult, log2_fold_change, rank_genes
+from vclib.metrics._observed import Observed, check_values, in_contract, prepare
 from vclib.schema import (
     CONTEXT_KEY,
     CONTROL,
-    DEFAULT_CONTEXT,
     PERTURBATION_KEY,
     VclibInputError,
-    canonical_label,
-    check_columns,
     condition_id,
     targets,
 )
 
 ALL_CONDITIONS = "*"
+LEVELS = ("auto", "cells", "pseudobulk")
+EXCLUDE = ("targets", "own")
+
+# How a split-half value becomes the ceiling: the expected score of a noise-free predictor (one that knows every
+# condition's true response and builds on the observed control, as every baseline does) against the full data.
+CEILING_RULES = {
+    "disattenuated": "sqrt(2r/(1+r)): a noise-free prediction correlates with the observed response at most as "
+                     "the square root of its reliability (Spearman-Brown of the split-half r)",
+    "disattenuated_r2": "2r/(1+r) with r = sqrt(split-half R²): the squared correlation's bound is the reliability",
+    "squared": "split-half value / 4: two halves differ by twice the noise variance of a half, a half has twice "
+               "that of the whole",
+    "absolute": "split-half value / 2: the square root of the squared rule",
+    None: "as measured between two half-size replicates (no correction known for this metric; a noise-free "
+          "full-size predictor can score better)",
+}
 
 
 @dataclass(frozen=True)
 class Metric:
-    """What a metric means: direction, reference values, and whether Spearman–Brown applies to its ceiling."""
+    """What a metric means: direction, reference values, and how its split-half ceiling is corrected."""
 
     name: str
     higher_is_better: bool
     perfect: float | None  # value of a perfect prediction (None: data-dependent)
     constant: float | None  # value of a predictor that gives every perturbation the same answer (None: data-dependent)
     description: str
-    # How a split-half ceiling is brought to full size (ceiling(full_size=True)): "spearman_brown" 2r/(1+r) for
-    # correlations; "squared" x1/2 and "absolute" x1/sqrt(2) for errors (a half has twice the sampling variance).
-    full_size: str | None = None
+    ceiling: str | None = None  # a key of CEILING_RULES
 
+
+_PDS = ("PDS with {} distance: 1 - r/(N-1), r = perturbations whose observed delta is closer to the prediction than "
+        "the right one (ties half); the union of the context's target genes is left out of every distance, so a "
+        "constant predictor scores exactly 0.5 (with exclude='own', each query's own targets: data-dependent)")
 
 REGISTRY: dict[str, Metric] = {m.name: m for m in [
     Metric("mse", False, 0.0, None, "mean squared error of the pseudobulk (log1p) over genes", "squared"),
@@ -50,14 +64,17 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in [
     Metric("l2_top_genes", False, 0.0, None, "Euclidean distance on the most expressed control genes "
            "(top 1,000 by default; Ahlmann-Eltze et al. 2025)", "absolute"),
     Metric("pearson_delta", True, 1.0, None, "Pearson over genes of predicted vs observed delta (reference: "
-           "control, or the perturbed centroid); undefined (NaN) when predicting the reference", "spearman_brown"),
+           "control, or the perturbed centroid); undefined (NaN) when predicting the reference", "disattenuated"),
     Metric("pearson_delta_top_de", True, 1.0, None, "pearson_delta on the observed condition's top DE genes "
-           "(20 most significant by default)", "spearman_brown"),
-    Metric("cosine_delta", True, 1.0, None, "cosine similarity of predicted and observed delta", "spearman_brown"),
-    Metric("discrimination_score_l1", True, 1.0, 0.5, "PDS with L1 distance: 1 - r/(N-1), r = perturbations "
-           "closer than the right one (ties half; target genes excluded)"),
-    Metric("discrimination_score_l2", True, 1.0, 0.5, "PDS with Euclidean distance"),
-    Metric("discrimination_score_cosine", True, 1.0, 0.5, "PDS with cosine distance"),
+           "(20 most significant by default)", "disattenuated"),
+    Metric("cosine_delta", True, 1.0, None, "cosine similarity of predicted and observed delta", "disattenuated"),
+    Metric("r2_mean", True, 1.0, None, "R² (squared Pearson over genes) of predicted vs observed mean expression "
+           "of the condition, as scGen, CPA and most cross-cell-type benchmarks report it", "disattenuated_r2"),
+    Metric("r2_mean_top100", True, 1.0, None, "r2_mean on the condition's 100 genes of largest observed |delta|",
+           "disattenuated_r2"),
+    Metric("discrimination_score_l1", True, 1.0, 0.5, _PDS.format("L1")),
+    Metric("discrimination_score_l2", True, 1.0, 0.5, _PDS.format("Euclidean")),
+    Metric("discrimination_score_cosine", True, 1.0, 0.5, _PDS.format("cosine")),
     Metric("rank", False, 0.0, 0.5, "mode-collapse rank: rank of a condition's own prediction among all "
            "predictions, as a fraction (0 perfect, 0.5 chance; PerturBench)"),
     Metric("overlap_at_N", True, 1.0, None, "|top-N predicted ∩ top-N observed DE genes| / N, N = number of "
@@ -67,17 +84,18 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in [
     Metric("de_direction_match", True, 1.0, None, "fraction of observed DE genes whose predicted lfc has the "
            "observed sign"),
     Metric("de_spearman_lfc_sig", True, 1.0, None, "Spearman of predicted vs observed lfc on observed DE genes",
-           "spearman_brown"),
+           "disattenuated"),
     Metric("hit_rate_at_k", True, None, None, "one row per context: fraction of the k perturbations with the "
            "largest predicted effect (L2 norm of the delta) that are real hits (>= hit_min_de observed DE genes); "
-           "at most min(k, hits) / k"),
+           "at most min(k, hits) / k; undefined in a context without hits"),
 ]}
 DE_METRICS = ("pearson_delta_top_de", "overlap_at_N", "precision_at_N", "de_direction_match",
               "de_spearman_lfc_sig", "hit_rate_at_k")
 
 
 def metric_table() -> pd.DataFrame:
-    """The registry as a table: one row per metric with direction, perfect and constant-predictor values.
+    """The registry as a table: one row per metric with direction, perfect and constant-predictor values and the
+    correction of its noise ceiling (``ceiling_rule`` in words).
 
     Examples
     --------
@@ -86,59 +104,46 @@ def metric_table() -> pd.DataFrame:
     >>> float(table.loc["discrimination_score_l1", "constant"]), float(table.loc["rank", "perfect"])
     (0.5, 0.0)
     """
-    return pd.DataFrame([m.__dict__ for m in REGISTRY.values()]).set_index("name")
+    table = pd.DataFrame([m.__dict__ for m in REGISTRY.values()]).set_index("name")
+    table["ceiling_rule"] = [CEILING_RULES[m.ceiling] for m in REGISTRY.values()]
+    return table
 
 
-def _in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | None, control: str) -> ad.AnnData:
-    """A light copy with the contract's obs columns (labels canonical), X untouched."""
-    check_columns(adata.obs, [perturbation_key] + ([context_key] if context_key else []))
-    obs = pd.DataFrame(index=adata.obs_names.copy())
-    labels = adata.obs[perturbation_key].astype(str)
-    mapping = {x: canonical_label(x, control=control) for x in labels.unique()}
-    obs[PERTURBATION_KEY] = labels.map(mapping).to_numpy()
-    obs[CONTEXT_KEY] = adata.obs[context_key].astype(str).to_numpy() if context_key else DEFAULT_CONTEXT
-    return ad.AnnData(X=adata.X, obs=obs, var=pd.DataFrame(index=adata.var_names.copy()))
-
-
-def _check_values(adata: ad.AnnData, side: str) -> None:
-    data = adata.X.data if sparse.issparse(adata.X) else np.asarray(adata.X)
-    bad = ~np.isfinite(data)
-    if bad.any():
-        rows = np.unique(sparse.coo_matrix(adata.X).row[bad]) if sparse.issparse(adata.X) else \
-            np.unique(np.nonzero(~np.isfinite(np.asarray(adata.X)))[0])
-        names = sorted({condition_id(c, p) for c, p in adata.obs.iloc[rows][[CONTEXT_KEY, PERTURBATION_KEY]]
-                        .itertuples(index=False)})
-        raise VclibInputError(
-            f"{side} values hold NaN or inf in {len(names)} condition(s): {', '.join(map(repr, names[:8]))}."
-        )
-    if data.size and np.nanmax(data) > 20 and np.allclose(data, np.round(data)):
-        raise VclibInputError(
-            f"{side} values look like raw counts (integers up to {np.nanmax(data):.0f}); metrics compare "
-            "log1p-normalised expression. Apply sc.pp.normalize_total(target_sum=1e4) and sc.pp.log1p first."
-        )
-
-
-def _align_genes(predicted: ad.AnnData, observed: ad.AnnData) -> ad.AnnData:
-    if predicted.var_names.equals(observed.var_names):
+def _align_genes(predicted: ad.AnnData, genes: pd.Index) -> ad.AnnData:
+    if predicted.var_names.equals(genes):
         return predicted
-    extra = predicted.var_names.difference(observed.var_names)
-    missing = observed.var_names.difference(predicted.var_names)
+    extra = predicted.var_names.difference(genes)
+    missing = genes.difference(predicted.var_names)
     if len(extra) or len(missing):
         raise VclibInputError(
             f"predicted and observed genes differ: {len(missing)} observed genes not predicted "
             f"(e.g. {', '.join(map(repr, missing[:5]))}), {len(extra)} predicted genes not observed "
             f"(e.g. {', '.join(map(repr, extra[:5]))}). Predict the same genes, or subset both to the shared ones."
         )
-    return predicted[:, observed.var_names]  # same set, other order: align by name
+    return predicted[:, genes]  # same set, other order: align by name
 
 
-def _is_cells(adata: ad.AnnData) -> bool:
-    return adata.obs.groupby([CONTEXT_KEY, PERTURBATION_KEY], observed=True).size().max() > 1
+def _level(pred: ad.AnnData, level: str) -> str:
+    """Whether predictions are cells or one row per condition; refuse a pseudobulk with duplicated conditions."""
+    if level not in LEVELS:
+        raise VclibInputError(f"predicted_level={level!r} is not one of {', '.join(map(repr, LEVELS))}.")
+    sizes = pred.obs.groupby([CONTEXT_KEY, PERTURBATION_KEY], observed=True).size()
+    several = sizes[sizes > 1]
+    if level == "cells" or (level == "auto" and len(several) and sizes.median() > 1):
+        return "cells"
+    if len(several):
+        shown = ", ".join(repr(condition_id(c, p)) for c, p in several.index[:5])
+        raise VclibInputError(
+            f"{len(several)} predicted condition(s) have more than one row ({shown}) while "
+            f"{int((sizes == 1).sum())} have one: a pseudobulk prediction needs one row per condition. Drop the "
+            "duplicates, or pass predicted_level='cells' if these rows are predicted cells."
+        )
+    return "pseudobulk"
 
 
 def evaluate(
     predicted: ad.AnnData,
-    observed: ad.AnnData,
+    observed: ad.AnnData | Observed,
     *,
     perturbation_key: str = PERTURBATION_KEY,
     context_key: str | None = CONTEXT_KEY,
@@ -147,10 +152,11 @@ def evaluate(
     metrics: list[str] | None = None,
     reference: str = "control",
     predicted_control: str = "observed",
-    exclude: str | list[str] | None = "own",
+    exclude: str | list[str] | None = "targets",
     ties: str = "mid",
     top_genes: int = 1000,
     top_de: int = 20,
+    top_r2: int = 100,
     fdr: float = 0.05,
     epsilon: float = 1e-9,
     hit_k: int = 10,
@@ -158,6 +164,7 @@ def evaluate(
     no_de: float = np.nan,
     observed_de: DEResult | None = None,
     de_options: dict | None = None,
+    predicted_level: str = "auto",
     model: str | None = None,
     split: str | None = None,
 ) -> pd.DataFrame:
@@ -170,7 +177,8 @@ def evaluate(
         pseudobulked, and DE runs on the predicted cells). cell-eval's layout is accepted: pass
         ``perturbation_key="target_gene", control="non-targeting", context_key=None``.
     observed
-        Observed cells (log1p) with control cells in every context.
+        Observed cells (log1p) with control cells in every context, or an :class:`Observed` from
+        :func:`prepare` (then nothing observed is recomputed; its keys and DE settings are used).
     perturbation_key, context_key, control
         Column names and control label of both objects.
     conditions
@@ -185,14 +193,19 @@ def evaluate(
         Control subtracted on the predicted side: ``"observed"`` (default) or ``"predicted"`` (the
         predicted object's own control, as cell-eval does; needs predicted control rows/cells).
     exclude
-        Genes left out of the PDS distances: ``"own"`` (each perturbation's target genes), a list (a panel
-        left out for all), or None.
+        Genes left out of the PDS and rank distances: ``"targets"`` (default: the union of the target genes of
+        the context's scored perturbations, left out of every distance, so a constant predictor scores exactly
+        0.5 and no prediction gains by predicting its own target's knockdown), ``"own"`` (each query's own
+        targets only, as cell-eval; a constant predictor's score then depends on the data), a list (a panel
+        left out everywhere), or None.
     ties
         PDS ties: ``"mid"`` (half each; constant predictor = 0.5) or ``"position"`` (cell-eval 0.8.2).
     top_genes
         Number of most expressed control genes for ``l2_top_genes``.
     top_de
         Number of most significant observed DE genes for ``pearson_delta_top_de``.
+    top_r2
+        Number of genes of largest observed |delta| for ``r2_mean_top100``.
     fdr, epsilon
         FDR threshold of DE genes and lfc pseudocount.
     hit_k, hit_min_de
@@ -201,16 +214,21 @@ def evaluate(
         ``overlap_at_N`` / ``precision_at_N`` of a condition without observed DE genes: NaN (undefined, the
         default) or 0 (cell-eval's convention).
     observed_de
-        DE of the observed cells from :func:`rank_genes`, to compute it once for many models.
+        DE of the observed cells from :func:`rank_genes`, to compute it once for many models (or pass an
+        :class:`Observed`).
     de_options
         Passed to :func:`rank_genes` (``tie_correction``, ``continuity``).
+    predicted_level
+        ``"auto"`` (one row per condition: pseudobulk; several: cells), ``"cells"`` or ``"pseudobulk"``. A
+        pseudobulk in which some conditions appear twice is refused (naming them) rather than read as cells.
     model, split
         Added as columns when given.
 
     Returns
     -------
-    DataFrame with columns ``context``, ``perturbation``, ``metric``, ``value`` (+ ``model``, ``split``).
-    ``hit_rate_at_k`` has one row per context with perturbation ``"*"``.
+    DataFrame with columns ``context``, ``perturbation``, ``metric``, ``value`` and ``note`` (why a value is
+    undefined; empty where it is defined) (+ ``model``, ``split``). ``hit_rate_at_k`` has one row per context
+    with perturbation ``"*"``.
 
     Examples
     --------
@@ -221,77 +239,53 @@ def evaluate(
     >>> table.groupby("metric")["value"].mean().to_dict()
     {'discrimination_score_l1': 1.0, 'mse': 0.0}
     """
-    metrics = list(REGISTRY) if metrics is None else list(metrics)
-    unknown = [m for m in metrics if m not in REGISTRY]
-    if unknown:
-        raise VclibInputError(f"unknown metric(s) {unknown}; valid: {', '.join(REGISTRY)}.")
-    if reference not in ("control", "perturbed_centroid"):
-        raise VclibInputError(f"reference={reference!r} is not 'control' or 'perturbed_centroid'.")
-    if predicted_control not in ("observed", "predicted"):
-        raise VclibInputError(f"predicted_control={predicted_control!r} is not 'observed' or 'predicted'.")
-    pred = _in_contract(predicted, perturbation_key, context_key, control)
-    obs = _in_contract(observed, perturbation_key, context_key, control)
-    pred = _align_genes(pred, obs)
-    _check_values(pred, "predicted")
-    _check_values(obs, "observed")
+    metrics = check_metrics(metrics)
+    options = _check_options(reference=reference, predicted_control=predicted_control, exclude=exclude, ties=ties)
+    wants_de = any(m in DE_METRICS for m in metrics)
+    if isinstance(observed, Observed) and wants_de:
+        observed.check_de_options(epsilon, de_options)
+    obs = prepare(observed, perturbation_key=perturbation_key, context_key=context_key, control=control,
+                  epsilon=epsilon, de_options=de_options, de=observed_de)
+    pred = _align_genes(in_contract(predicted, perturbation_key, context_key, control), obs.var_names)
+    check_values(pred, "predicted")
+    level = _level(pred, predicted_level)
     pred_pb = pbk.pseudobulk(pred)
-    obs_pb = pbk.pseudobulk(obs)
-    for ctx in obs_pb.obs[CONTEXT_KEY].astype(str).unique():
-        if f"{ctx}|{CONTROL}" not in obs_pb.obs_names:
-            raise VclibInputError(f"context {ctx!r} has no observed control cells (label {control!r}); every "
-                                  "context needs its control to compute deltas.")
-
-    names = _conditions_to_score(pred_pb, obs_pb, conditions)
-    contexts = obs_pb.obs.loc[names, CONTEXT_KEY].astype(str).to_numpy()
-    perts = obs_pb.obs.loc[names, PERTURBATION_KEY].astype(str).to_numpy()
-    obs_ctrl = _control_rows(obs_pb, contexts, "observed")
-    pred_ctrl = _control_rows(pred_pb, contexts, "predicted") if predicted_control == "predicted" else obs_ctrl
-    pb_pred = np.asarray(pred_pb[names].X, dtype=np.float64)
-    pb_obs = np.asarray(obs_pb[names].X, dtype=np.float64)
-    if reference == "control":
-        ref_obs, ref_pred = obs_ctrl, pred_ctrl
-    else:
-        ref_obs = ref_pred = _perturbed_centroid(obs_pb, contexts)
-    dP, dO = pb_pred - ref_pred, pb_obs - ref_obs
-
-    values: dict[str, np.ndarray] = {}
-    simple = {"mse": lambda: fn.mse(pb_pred, pb_obs), "mae": lambda: fn.mae(pb_pred, pb_obs),
-              "mse_delta": lambda: fn.mse(dP, dO), "mae_delta": lambda: fn.mae(dP, dO),
-              "pearson_delta": lambda: fn.pearson(dP, dO), "cosine_delta": lambda: fn.cosine(dP, dO)}
-    for m in metrics:
-        if m in simple:
-            values[m] = simple[m]()
-    if "l2_top_genes" in metrics:
-        values["l2_top_genes"] = np.empty(len(names))
-        for ctx in np.unique(contexts):
-            rows = contexts == ctx
-            genes = fn.top_expressed(obs_ctrl[np.flatnonzero(rows)[0]], k=top_genes)
-            values["l2_top_genes"][rows] = fn.l2(pb_pred[rows], pb_obs[rows], genes=genes)
-    gene_index = {g: i for i, g in enumerate(obs.var_names)}
-    for m in metrics:
-        if m.startswith("discrimination_score_") or m == "rank":
-            values[m] = np.full(len(names), np.nan)
-    for ctx in np.unique(contexts):
-        rows = np.flatnonzero(contexts == ctx)
-        excluded = _excluded_genes(perts[rows], exclude, gene_index)
-        for m in metrics:
-            if m.startswith("discrimination_score_"):
-                values[m][rows] = fn.discrimination_score(dP[rows], dO[rows], distance=m.rsplit("_", 1)[1],
-                                                          exclude=excluded, ties=ties)
-        if "rank" in metrics:
-            values["rank"][rows] = fn.rank_metric(dP[rows], dO[rows], distance="l1")
-
-    table = _long(contexts, perts, values)
-    if any(m in DE_METRICS for m in metrics):
-        table = pd.concat([table, _de_metrics(
-            pred, obs, pred_pb, names, metrics, pred_ctrl=pred_ctrl, dP=dP, dO=dO, fdr=fdr, epsilon=epsilon,
-            top_de=top_de, hit_k=hit_k, hit_min_de=hit_min_de, no_de=no_de, observed_de=observed_de,
-            predicted_control=predicted_control, de_options=de_options or {})], ignore_index=True)
+    pred_de = None
+    if level == "cells" and wants_de:
+        cells = pred
+        if predicted_control == "observed":
+            cells = ad.concat([pred[pred.obs[PERTURBATION_KEY] != CONTROL], obs.controls], merge="same")
+        pred_de = rank_genes(cells, epsilon=epsilon, **(de_options or {}))
+    names = _conditions_to_score(pred_pb, obs.pseudobulk, conditions)
+    table = score(pred_pb, obs, names, metrics, pred_de=pred_de, top_genes=top_genes, top_de=top_de,
+                  top_r2=top_r2, fdr=fdr, epsilon=epsilon, hit_k=hit_k, hit_min_de=hit_min_de, no_de=no_de,
+                  **options)
     if model is not None:
         table["model"] = model
     if split is not None:
         table["split"] = split
     return table
+
+
+def check_metrics(metrics) -> list[str]:
+    """The metric names asked for (all by default), refusing unknown ones."""
+    metrics = list(REGISTRY) if metrics is None else list(metrics)
+    unknown = [m for m in metrics if m not in REGISTRY]
+    if unknown:
+        raise VclibInputError(f"unknown metric(s) {unknown}; valid: {', '.join(REGISTRY)}.")
+    return metrics
+
+
+def _check_options(*, reference, predicted_control, exclude, ties) -> dict:
+    if reference not in ("control", "perturbed_centroid"):
+        raise VclibInputError(f"reference={reference!r} is not 'control' or 'perturbed_centroid'.")
+    if predicted_control not in ("observed", "predicted"):
+        raise VclibInputError(f"predicted_control={predicted_control!r} is not 'observed' or 'predicted'.")
+    if isinstance(exclude, str) and exclude not in EXCLUDE:
+        raise VclibInputError(f"exclude={exclude!r} is not one of {EXCLUDE}, a list of genes, or None.")
+    if ties not in ("mid", "position"):
+        raise VclibInputError(f"ties={ties!r} is not 'mid' or 'position'.")
+    return {"reference": reference, "predicted_control": predicted_control, "exclude": exclude, "ties": ties}
 
 
 def _conditions_to_score(pred_pb: ad.AnnData, obs_pb: ad.AnnData, conditions) -> list[str]:
@@ -309,11 +303,18 @@ def _conditions_to_score(pred_pb: ad.AnnData, obs_pb: ad.AnnData, conditions) ->
                 f"{', '.join(map(repr, not_predicted[:8]))}. Predict them, or pass conditions= to score a subset."
             )
         return sorted(predicted)
+    conditions = list(conditions)
+    if not conditions:
+        raise VclibInputError("conditions= is empty: give at least one 'context|perturbation' to score.")
     for side, have in (("predicted", set(predicted)), ("observed", set(observed))):
         missing = [c for c in conditions if c not in have]
         if missing:
             raise VclibInputError(f"condition(s) {', '.join(map(repr, missing[:8]))} not in the {side} data.")
-    return list(conditions)
+    return conditions
+
+
+def _rows(pb: ad.AnnData, names) -> np.ndarray:
+    return np.asarray(pb.X, dtype=np.float64)[pb.obs_names.get_indexer(list(names))]
 
 
 def _control_rows(pb: ad.AnnData, contexts: np.ndarray, side: str) -> np.ndarray:
@@ -323,7 +324,7 @@ def _control_rows(pb: ad.AnnData, contexts: np.ndarray, side: str) -> np.ndarray
         raise VclibInputError(f"no {side} control for context(s) {missing}" + (
             "; predicted_control='predicted' needs the predicted control cells or row." if side == "predicted"
             else "."))
-    return np.asarray(pb[[f"{c}|{CONTROL}" for c in contexts]].X, dtype=np.float64)
+    return _rows(pb, [f"{c}|{CONTROL}" for c in contexts])
 
 
 def _perturbed_centroid(obs_pb: ad.AnnData, contexts: np.ndarray) -> np.ndarray:
@@ -335,23 +336,134 @@ def _perturbed_centroid(obs_pb: ad.AnnData, contexts: np.ndarray) -> np.ndarray:
     return np.vstack([centroid[c] for c in contexts])
 
 
-def _excluded_genes(perts, exclude, gene_index) -> list | None:
-    if exclude is None:
-        return None
-    if exclude == "own":
-        return [[gene_index[t] for t in targets(p) if t in gene_index] for p in perts]
-    panel = [gene_index[g] for g in exclude if g in gene_index]
-    return [panel] * len(perts)
+def _kept_genes(perts, exclude, gene_index: dict, n_genes: int) -> np.ndarray:
+    """Genes every distance of one context uses (all but the excluded panel)."""
+    panel = set()
+    if exclude == "targets":
+        panel = {gene_index[t] for p in perts for t in targets(p) if t in gene_index}
+    elif exclude is not None and exclude != "own":
+        panel = {gene_index[g] for g in exclude if g in gene_index}
+    return np.setdiff1d(np.arange(n_genes), np.fromiter(panel, dtype=np.int64, count=len(panel)))
 
 
-def _long(contexts, perts, values: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Long table from per-row arrays, one block of rows per metric."""
+def _constant_rows(A: np.ndarray) -> np.ndarray:
+    return np.ptp(A, axis=1) == 0 if A.shape[1] else np.ones(len(A), dtype=bool)
+
+
+def _why_correlation_undefined(pred: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    return np.where(_constant_rows(pred), "the predicted values are constant (e.g. the prediction is the reference)",
+                    np.where(_constant_rows(obs), "the observed values are constant", ""))
+
+
+SCORING_DEFAULTS = {"reference": "control", "predicted_control": "observed", "exclude": "targets", "ties": "mid",
+                    "top_genes": 1000, "top_de": 20, "top_r2": 100, "fdr": 0.05, "epsilon": 1e-9, "hit_k": 10,
+                    "hit_min_de": 10, "no_de": np.nan}
+
+
+def score(pred_pb: ad.AnnData, obs: Observed, names: list[str], metrics: list[str], *,
+          pred_de: DEResult | None = None, **options) -> pd.DataFrame:
+    """The metric arithmetic of :func:`evaluate` on a predicted pseudobulk (and the DE of predicted cells, if
+    any) against a prepared observation: nothing observed is recomputed here. ``options`` are :func:`evaluate`'s
+    scoring options (:data:`SCORING_DEFAULTS`)."""
+    unknown = sorted(set(options) - set(SCORING_DEFAULTS))
+    if unknown:
+        raise VclibInputError(f"unknown scoring option(s) {unknown}; options: {', '.join(SCORING_DEFAULTS)}.")
+    o = {**SCORING_DEFAULTS, **options}
+    _check_options(reference=o["reference"], predicted_control=o["predicted_control"], exclude=o["exclude"],
+                   ties=o["ties"])
+    reference, predicted_control, exclude, ties = o["reference"], o["predicted_control"], o["exclude"], o["ties"]
+    obs_pb = obs.pseudobulk
+    contexts = obs_pb.obs[CONTEXT_KEY].astype(str).to_numpy()[obs_pb.obs_names.get_indexer(names)]
+    perts = obs_pb.obs[PERTURBATION_KEY].astype(str).to_numpy()[obs_pb.obs_names.get_indexer(names)]
+    obs_ctrl = _control_rows(obs_pb, contexts, "observed")
+    pred_ctrl = _control_rows(pred_pb, contexts, "predicted") if predicted_control == "predicted" else obs_ctrl
+    pb_pred, pb_obs = _rows(pred_pb, names), _rows(obs_pb, names)
+    if reference == "control":
+        ref_obs, ref_pred = obs_ctrl, pred_ctrl
+    else:
+        ref_obs = ref_pred = _perturbed_centroid(obs_pb, contexts)
+    dP, dO = pb_pred - ref_pred, pb_obs - ref_obs
+
+    values: dict[str, np.ndarray] = {}
+    notes: dict[str, np.ndarray] = {}
+    simple = {"mse": lambda: fn.mse(pb_pred, pb_obs), "mae": lambda: fn.mae(pb_pred, pb_obs),
+              "mse_delta": lambda: fn.mse(dP, dO), "mae_delta": lambda: fn.mae(dP, dO)}
+    for m in metrics:
+        if m in simple:
+            values[m] = simple[m]()
+    for m, (a, b) in {"pearson_delta": (dP, dO), "cosine_delta": (dP, dO), "r2_mean": (pb_pred, pb_obs)}.items():
+        if m in metrics:
+            values[m] = fn.cosine(a, b) if m == "cosine_delta" else fn.pearson(a, b) ** (2 if m == "r2_mean" else 1)
+            notes[m] = _why_correlation_undefined(a, b)
+    if "r2_mean_top100" in metrics:
+        observed_change = np.abs(pb_obs - obs_ctrl)
+        top = np.zeros(observed_change.shape, dtype=bool)
+        k = min(o["top_r2"], observed_change.shape[1])
+        np.put_along_axis(top, np.argsort(-observed_change, axis=1, kind="stable")[:, :k], True, axis=1)
+        values["r2_mean_top100"] = fn.pearson(pb_pred, pb_obs, mask=top) ** 2
+        notes["r2_mean_top100"] = np.full(len(names), "the predicted or observed values are constant on these genes")
+    if "l2_top_genes" in metrics:
+        values["l2_top_genes"] = np.empty(len(names))
+        for ctx in np.unique(contexts):
+            rows = contexts == ctx
+            genes = fn.top_expressed(obs_ctrl[np.flatnonzero(rows)[0]], k=o["top_genes"])
+            values["l2_top_genes"][rows] = fn.l2(pb_pred[rows], pb_obs[rows], genes=genes)
+    _ranking_metrics(values, notes, metrics, dP, dO, contexts, perts, exclude=exclude, ties=ties,
+                     gene_index={g: i for i, g in enumerate(obs.var_names)})
+    table = _long(contexts, perts, values, notes)
+    if any(m in DE_METRICS for m in metrics):
+        table = pd.concat([table, _de_metrics(
+            pred_pb, pred_de, obs, names, metrics, pred_ctrl=pred_ctrl, dP=dP, dO=dO, fdr=o["fdr"],
+            epsilon=o["epsilon"], top_de=o["top_de"], hit_k=o["hit_k"], hit_min_de=o["hit_min_de"],
+            no_de=o["no_de"])], ignore_index=True)
+    return table
+
+
+def _ranking_metrics(values, notes, metrics, dP, dO, contexts, perts, *, exclude, ties, gene_index) -> None:
+    """PDS (three distances) and the rank metric, per context. One distance matrix per (context, distance): the
+    L1 matrix serves both PDS and the rank metric, on the genes left after the exclusion."""
+    wanted = [m for m in metrics if m.startswith("discrimination_score_") or m == "rank"]
+    for m in wanted:
+        values[m] = np.full(len(contexts), np.nan)
+        notes[m] = np.full(len(contexts), "", dtype=object)
+    for ctx in np.unique(contexts) if wanted else []:
+        rows = np.flatnonzero(contexts == ctx)
+        if len(rows) < 2:
+            for m in wanted:
+                notes[m][rows] = "one perturbation in its context: nothing to tell it apart from"
+            continue
+        keep = _kept_genes(perts[rows], exclude, gene_index, dP.shape[1])
+        own = ([[gene_index[t] for t in targets(p) if t in gene_index] for p in perts[rows]]
+               if exclude == "own" else None)
+        p, o = dP[rows][:, keep], dO[rows][:, keep]
+        for distance in ("l1", "l2", "cosine"):
+            name = f"discrimination_score_{distance}"
+            if name not in wanted and not (distance == "l1" and "rank" in wanted):
+                continue
+            D = fn.prediction_distances(p, o, distance=distance, exclude=own)
+            n = len(rows)
+            if name in wanted:
+                values[name][rows] = 1 - fn._rank_of_diagonal(D, ties=ties) / ((n - 1) if ties == "mid" else n)
+            if distance == "l1" and "rank" in wanted:
+                D_rank = D if own is None else fn.prediction_distances(p, o, distance="l1")
+                values["rank"][rows] = fn._rank_of_diagonal(D_rank.T, ties="mid") / (n - 1)
+
+
+def _long(contexts, perts, values: dict[str, np.ndarray], notes: dict[str, np.ndarray] | None = None
+          ) -> pd.DataFrame:
+    """Long table from per-row arrays, one block of rows per metric; ``note`` says why a value is undefined."""
     names = list(values)
+    notes = notes or {}
+    value = np.concatenate([values[m] for m in names]).astype(np.float64) if names else np.zeros(0)
+    note = np.concatenate([np.asarray(notes.get(m, np.full(len(values[m]), "")), dtype=object)
+                           for m in names]) if names else np.zeros(0, dtype=object)
+    note = np.where(np.isfinite(value), "", np.where(note == "", "undefined", note))
     return pd.DataFrame({
         CONTEXT_KEY: np.tile(np.asarray(contexts, dtype=object), len(names)),
         PERTURBATION_KEY: np.tile(np.asarray(perts, dtype=object), len(names)),
         "metric": np.repeat(np.asarray(names, dtype=object), len(contexts)),
-        "value": np.concatenate([values[m] for m in names]).astype(np.float64) if names else np.zeros(0),
+        "value": value,
+        "note": note.astype(object),
     })
 
 
@@ -363,46 +475,57 @@ def _top_abs(lfc: np.ndarray, n: np.ndarray) -> np.ndarray:
     return out
 
 
-def _de_metrics(pred, obs, pred_pb, names, metrics, *, pred_ctrl, dP, dO, fdr, epsilon, top_de, hit_k,
-                hit_min_de, no_de, observed_de, predicted_control, de_options) -> pd.DataFrame:
-    obs_de = observed_de if observed_de is not None else rank_genes(obs, epsilon=epsilon, **de_options)
-    obs_de = obs_de.subset(names)
+def _de_metrics(pred_pb, pred_de, obs: Observed, names, metrics, *, pred_ctrl, dP, dO, fdr, epsilon, top_de,
+                hit_k, hit_min_de, no_de) -> pd.DataFrame:
+    obs_de = obs.de.subset(names)
     obs_sig = obs_de.significant(fdr)
-    if _is_cells(pred):
-        cells = pred[pred.obs[PERTURBATION_KEY] != CONTROL] if predicted_control == "observed" else pred
-        if predicted_control == "observed":
-            cells = ad.concat([cells, obs[obs.obs[PERTURBATION_KEY] == CONTROL]], merge="same")
-        pred_de = rank_genes(cells, epsilon=epsilon, **de_options).subset(names)
+    n_sig = obs_sig.sum(axis=1)
+    if pred_de is not None:
+        pred_de = pred_de.subset(names)
         pred_lfc, pred_sig, top_obs = pred_de.lfc, pred_de.significant(fdr), obs_sig
     else:
         # Pseudobulk predictions have no p-values: both sides then rank all genes by |lfc| and keep the top N,
         # N = number of observed DE genes, so a perfect prediction scores 1.
-        pred_lfc = log2_fold_change(np.asarray(pred_pb[names].X, dtype=np.float64), pred_ctrl, epsilon=epsilon)
-        n_sig = obs_sig.sum(axis=1)
+        pred_lfc = log2_fold_change(_rows(pred_pb, names), pred_ctrl, epsilon=epsilon)
         pred_sig, top_obs = _top_abs(pred_lfc, n_sig), _top_abs(obs_de.lfc, n_sig)
     contexts = obs_de.conditions[CONTEXT_KEY].astype(str).to_numpy()
     perts = obs_de.conditions[PERTURBATION_KEY].astype(str).to_numpy()
-    values = {}
+    no_gene = np.where(n_sig == 0, f"no observed DE gene (FDR < {fdr})", "")
+    few_genes = np.where(n_sig < 2, f"fewer than 2 observed DE genes (FDR < {fdr})", "")
+    values, notes = {}, {}
     if "pearson_delta_top_de" in metrics:
         top = np.zeros_like(obs_sig)
         for i in range(len(names)):
             sig = np.flatnonzero(obs_sig[i])
             top[i, sig[np.argsort(obs_de.pvalue[i, sig], kind="stable")[:top_de]]] = True
         values["pearson_delta_top_de"] = np.where(top.sum(axis=1) >= 2, fn.pearson(dP, dO, mask=top), np.nan)
+        notes["pearson_delta_top_de"] = few_genes
     if "overlap_at_N" in metrics:
         values["overlap_at_N"] = fn.de_overlap(pred_lfc, pred_sig, obs_de.lfc, top_obs, no_de=no_de)
+        notes["overlap_at_N"] = no_gene
     if "precision_at_N" in metrics:
         values["precision_at_N"] = fn.de_precision(pred_lfc, pred_sig, obs_de.lfc, top_obs, no_de=no_de)
+        notes["precision_at_N"] = no_gene
     if "de_direction_match" in metrics:
         values["de_direction_match"] = fn.de_direction(pred_lfc, obs_de.lfc, obs_sig)
+        notes["de_direction_match"] = no_gene
     if "de_spearman_lfc_sig" in metrics:
         values["de_spearman_lfc_sig"] = fn.de_spearman(pred_lfc, obs_de.lfc, obs_sig)
-    table = _long(contexts, perts, values)
+        notes["de_spearman_lfc_sig"] = np.where(n_sig < 2, few_genes, "the lfc are constant on the DE genes")
+    table = _long(contexts, perts, values, notes)
     if "hit_rate_at_k" in metrics:
         effect = np.linalg.norm(dP, axis=1)
-        hits = obs_sig.sum(axis=1) >= hit_min_de
+        hits = n_sig >= hit_min_de
         per_context = np.unique(contexts)
-        rates = np.array([fn.hit_rate_at_k(effect[contexts == c], hits[contexts == c], k=hit_k) for c in per_context])
-        table = pd.concat([table, _long(per_context, [ALL_CONDITIONS] * len(per_context), {"hit_rate_at_k": rates})],
-                          ignore_index=True)
+        rates, why = np.full(len(per_context), np.nan), np.full(len(per_context), "", dtype=object)
+        for i, c in enumerate(per_context):
+            rows = contexts == c
+            if rows.sum() < 2:
+                why[i] = "one perturbation in the context: nothing to rank"
+            elif not hits[rows].any():
+                why[i] = f"no real hit in the context (no perturbation with >= {hit_min_de} observed DE genes)"
+            else:
+                rates[i] = fn.hit_rate_at_k(effect[rows], hits[rows], k=hit_k)
+        table = pd.concat([table, _long(per_context, [ALL_CONDITIONS] * len(per_context), {"hit_rate_at_k": rates},
+                                        {"hit_rate_at_k": why})], ignore_index=True)
     return table

@@ -1,0 +1,216 @@
+"""The observed side, prepared once: what every scorer needs, computed on first use and then kept.
+
+Scoring a model, the noise ceiling, reliabilities and the observed effects all need the same things from the
+observed cells: their pseudobulk, each context's control, the deltas, the DE result, and for the ceiling the two
+split halves of every condition with their own pseudobulks and DE. :class:`Observed` validates the cells once and
+computes each of those the first time it is asked for, so a benchmark grid of many (model, fold, seed) cells pays
+for them once (per seed, for the halves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from vclib import pseudobulk as pbk
+from vclib.metrics._de import DEResult, rank_genes
+from vclib.schema import (
+    CONTEXT_KEY,
+    CONTROL,
+    DEFAULT_CONTEXT,
+    PERTURBATION_KEY,
+    VclibInputError,
+    canonical_label,
+    check_columns,
+    condition_id,
+)
+
+
+def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | None, control: str) -> ad.AnnData:
+    """A light copy with the contract's obs columns (labels canonical), X untouched (not copied)."""
+    check_columns(adata.obs, [perturbation_key] + ([context_key] if context_key else []))
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    labels = adata.obs[perturbation_key].astype(str)
+    mapping = {x: canonical_label(x, control=control) for x in labels.unique()}
+    obs[PERTURBATION_KEY] = labels.map(mapping).to_numpy()
+    obs[CONTEXT_KEY] = adata.obs[context_key].astype(str).to_numpy() if context_key else DEFAULT_CONTEXT
+    return ad.AnnData(X=adata.X, obs=obs, var=pd.DataFrame(index=adata.var_names.copy()),
+                      uns={"vclib": dict(adata.uns.get("vclib", {}))})
+
+
+def check_values(adata: ad.AnnData, side: str) -> None:
+    """Refuse NaN/inf (naming the conditions) and raw counts where log1p values are expected."""
+    if adata.isbacked:
+        raise VclibInputError(
+            f"{side} data is opened in backed mode; scoring needs it in memory (metrics rank every gene of every "
+            "cell). Load it with vc.loaders.read(path) without backed=True, or subset it first "
+            "(adata[rows].to_memory())."
+        )
+    data = adata.X.data if sparse.issparse(adata.X) else np.asarray(adata.X)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        rows = np.unique(sparse.coo_matrix(adata.X).row[bad]) if sparse.issparse(adata.X) else \
+            np.unique(np.nonzero(~np.isfinite(np.asarray(adata.X)))[0])
+        names = sorted({condition_id(c, p) for c, p in adata.obs.iloc[rows][[CONTEXT_KEY, PERTURBATION_KEY]]
+                        .itertuples(index=False)})
+        raise VclibInputError(
+            f"{side} values hold NaN or inf in {len(names)} condition(s): {', '.join(map(repr, names[:8]))}."
+        )
+    if adata.uns.get("vclib", {}).get("values") == "counts" or (
+            data.size and np.nanmax(data) > 20 and np.allclose(data, np.round(data))):
+        raise VclibInputError(
+            f"{side} values look like raw counts (integers up to {np.nanmax(data):.0f}); metrics compare "
+            "log1p-normalised expression. Load the data with vc.loaders.read(), which normalises counts "
+            "(or apply sc.pp.normalize_total(target_sum=1e4) and sc.pp.log1p first)."
+        )
+
+
+class Observed:
+    """Observed cells prepared for scoring: validated once, everything else computed on first use and kept.
+
+    Pass it wherever vclib takes observed cells (:func:`vclib.metrics.evaluate`, :func:`vclib.metrics.ceiling`,
+    :func:`vclib.benchmark.run`, :func:`vclib.coverage.reliability`, :func:`vclib.failures.observed_effects`):
+    none of them then recomputes what it holds. Build it with :func:`prepare`.
+
+    Attributes
+    ----------
+    cells
+        The cells in the data contract (obs ``perturbation`` / ``context`` only; ``X`` is the caller's, not copied
+        and never modified).
+    pseudobulk
+        :func:`vclib.pseudobulk.pseudobulk` of the cells (every condition, controls included).
+    deltas
+        :func:`vclib.pseudobulk.deltas` of the pseudobulk.
+    de
+        :func:`vclib.metrics.rank_genes` of the cells, with the DE options given to :func:`prepare`.
+    fingerprint
+        A short hash of the condition labels, genes, cell counts and per-condition means.
+    """
+
+    def __init__(self, cells: ad.AnnData, *, epsilon: float = 1e-9, de_options: dict | None = None,
+                 de: DEResult | None = None, pseudobulk: ad.AnnData | None = None):
+        self.cells = cells
+        self.epsilon = float(epsilon)
+        self.de_options = dict(de_options or {})
+        self._halves: dict = {}
+        if de is not None:
+            self.__dict__["de"] = de
+        if pseudobulk is not None:
+            self.__dict__["pseudobulk"] = pseudobulk
+
+    def __repr__(self) -> str:
+        done = [k for k in ("pseudobulk", "deltas", "de", "fingerprint") if k in self.__dict__]
+        return (f"Observed({self.cells.n_obs} cells × {self.cells.n_vars} genes, "
+                f"{self.cells.obs[CONTEXT_KEY].nunique()} contexts; computed: {', '.join(done) or 'nothing yet'}"
+                f"{'; halves for seeds ' + str(sorted(self._halves)) if self._halves else ''})")
+
+    @property
+    def var_names(self) -> pd.Index:
+        return self.cells.var_names
+
+    @cached_property
+    def pseudobulk(self) -> ad.AnnData:
+        return pbk.pseudobulk(self.cells)
+
+    @cached_property
+    def deltas(self) -> ad.AnnData:
+        return pbk.deltas(self.pseudobulk)
+
+    @cached_property
+    def de(self) -> DEResult:
+        return rank_genes(self.cells, epsilon=self.epsilon, **self.de_options)
+
+    @cached_property
+    def controls(self) -> ad.AnnData:
+        """The control cells of every context."""
+        return self.cells[self.cells.obs[PERTURBATION_KEY].to_numpy() == CONTROL]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        pb = self.pseudobulk
+        h = hashlib.sha256()
+        h.update("\n".join(pb.obs_names).encode())
+        h.update("\n".join(pb.var_names).encode())
+        h.update(np.asarray(pb.obs["n_cells"]).tobytes())
+        h.update(np.round(np.asarray(pb.X, dtype=np.float64), 10).tobytes())
+        return h.hexdigest()[:16]
+
+    def check_de_options(self, epsilon: float, de_options: dict | None) -> None:
+        """Raise if scoring asks for other DE settings than the ones this object was prepared with."""
+        if float(epsilon) != self.epsilon or dict(de_options or {}) != self.de_options:
+            raise VclibInputError(
+                f"the observed data was prepared with epsilon={self.epsilon}, de_options={self.de_options}, but "
+                f"scoring asks for epsilon={epsilon}, de_options={de_options or {}}; prepare it with the same "
+                "settings (vc.metrics.prepare(adata, epsilon=..., de_options=...))."
+            )
+
+    def halves(self, seed: int | None = 0) -> tuple[Observed, Observed]:
+        """The two random halves of every condition's cells (:func:`vclib.pseudobulk.half_labels` with ``seed``),
+        each prepared like this object; computed once per seed. Their pseudobulks hold the conditions with cells
+        in both halves (:func:`vclib.pseudobulk.split_halves`)."""
+        if seed not in self._halves:
+            half = pbk.half_labels(self.cells, seed=seed)
+            pseudobulks = pbk.split_halves(self.cells, seed=seed)  # both halves in one pass over the cells
+            self._halves[seed] = tuple(
+                Observed(self.cells[half == h], epsilon=self.epsilon, de_options=self.de_options,
+                         pseudobulk=pseudobulks[h]) for h in (0, 1))
+        return self._halves[seed]
+
+
+def prepare(
+    adata: ad.AnnData | Observed,
+    *,
+    perturbation_key: str = PERTURBATION_KEY,
+    context_key: str | None = CONTEXT_KEY,
+    control: str = CONTROL,
+    epsilon: float = 1e-9,
+    de_options: dict | None = None,
+    de: DEResult | None = None,
+) -> Observed:
+    """Validate observed cells once for scoring; see :class:`Observed`.
+
+    Parameters
+    ----------
+    adata
+        Observed cells with log1p-normalised ``X`` (:func:`vclib.loaders.read`), control cells in every context.
+        An :class:`Observed` is returned as it is.
+    perturbation_key, context_key, control
+        Column names and control label (cell-eval's layout: ``"target_gene"``, ``None``, ``"non-targeting"``).
+    epsilon, de_options
+        lfc pseudocount and :func:`vclib.metrics.rank_genes` options of the observed DE.
+    de
+        A DE result of these cells computed earlier (:func:`vclib.metrics.rank_genes`), to reuse.
+
+    Returns
+    -------
+    :class:`Observed`.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=6, n_genes=60, cells_per_condition=30)
+    >>> observed = vc.metrics.prepare(adata)
+    >>> observed.pseudobulk.shape, observed.de.lfc.shape
+    ((30, 60), (28, 60))
+    """
+    if isinstance(adata, Observed):
+        return adata
+    if not isinstance(adata, ad.AnnData):
+        raise VclibInputError(f"observed data must be an AnnData of cells, got {type(adata).__name__}.")
+    cells = in_contract(adata, perturbation_key, context_key, control)
+    check_values(cells, "observed")
+    contexts = set(cells.obs[CONTEXT_KEY])
+    with_control = set(cells.obs.loc[cells.obs[PERTURBATION_KEY] == CONTROL, CONTEXT_KEY])
+    lacking = sorted(contexts - with_control)
+    if lacking:
+        raise VclibInputError(f"context {lacking[0]!r} has no observed control cells (label {control!r}); every "
+                              "context needs its control to compute deltas.")
+    if de is not None and not de.genes.equals(cells.var_names):
+        raise VclibInputError("the given DE result is for other genes than the observed cells; recompute it with "
+                              "vc.metrics.rank_genes on these cells.")
+    return Observed(cells, epsilon=epsilon, de_options=de_options, de=de)
