@@ -287,15 +287,20 @@ def run(
         if key in evaluate_options:
             raise VclibInputError(f"evaluate_options may not set {key!r}: run() sets it per cell.")
     de_settings = {k: evaluate_options.pop(k) for k in ("epsilon", "de_options") if k in evaluate_options}
-    obs = prepare(data, de=observed_de, **de_settings)
     if isinstance(data, Observed) and observed_de is not None:
         raise VclibInputError("pass observed_de= with an AnnData, not with a prepared Observed (it holds its DE).")
+    obs = prepare(data, de=observed_de, **de_settings)
     wants_de = metrics is None or any(m in DE_METRICS for m in metrics)
     tables = split_tables(obs, splits=splits, seeds=seeds, split_options=split_options)
     skipped, notes = list(tables.attrs["skipped"]), list(tables.attrs["notes"])
-    if tables.empty:
-        raise NotApplicable("no split applies to this data: " + "; ".join(f"{s['analysis']}: {s['reason']}"
-                                                                          for s in skipped))
+    if tables.empty:  # nothing applies to this data: an empty table that says why, not an exception
+        scores = pd.DataFrame(columns=["context", "perturbation", "metric", "value", "note", "model", "split",
+                                       "fold", "seed"])
+        scores.attrs.update(skipped=skipped, notes=notes, splits=tables, fingerprint=None,
+                            identical=identical_models({}, scores))
+        if results_dir is not None:
+            _write_notes(Path(results_dir), skipped, notes)
+        return scores
     data_hash = obs.fingerprint
     de_hash = _de_hash(observed_de) if observed_de is not None else None
     cells_dir = Path(results_dir) / "cells" if results_dir is not None else None
@@ -346,13 +351,18 @@ def run(
         pd.DataFrame(index).to_csv(results_dir / INDEX_FILE, index=False)
         tables.to_csv(results_dir / SPLITS_FILE, index=False)
         identical.to_csv(results_dir / IDENTICAL_FILE, index=False)
-        pd.DataFrame(skipped + notes, columns=["analysis", "reason"]).assign(
-            kind=["skipped"] * len(skipped) + ["note"] * len(notes)).to_csv(results_dir / SKIPPED_FILE, index=False)
+        _write_notes(results_dir, skipped, notes)
         (results_dir / MANIFEST_FILE).write_text(json.dumps(
             {"vclib_version": __version__, "fingerprint": data_hash, "seeds": sorted(set(tables["seed"])),
              "metrics": metrics, "evaluate": evaluate_options}, indent=1, default=str))
     scores.attrs.update(skipped=skipped, notes=notes, identical=identical, splits=tables, fingerprint=data_hash)
     return scores
+
+
+def _write_notes(results_dir: Path, skipped: list, notes: list) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(skipped + notes, columns=["analysis", "reason"]).assign(
+        kind=["skipped"] * len(skipped) + ["note"] * len(notes)).to_csv(results_dir / SKIPPED_FILE, index=False)
 
 
 def _bind(model, split: str, fold: str):

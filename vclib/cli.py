@@ -74,19 +74,19 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "datasets":
-        return _datasets(args)
-    parameters = {name: runner.parse_value(value) for name, value in args.parameter}
-    for option, key in [("dataset", "DATASET"), ("perturbation_key", "PERTURBATION_KEY"),
-                        ("context_key", "CONTEXT_KEY"), ("control", "CONTROL")]:
-        value = getattr(args, option)
-        if value is not None:
-            parameters[key] = None if option == "context_key" and value.lower() == "none" else value
+def _run(args: argparse.Namespace) -> int:
     try:
+        parameters = runner.parse_parameters(args.parameter, runner.notebooks(args.notebooks))
+        for option, key in [("dataset", "DATASET"), ("perturbation_key", "PERTURBATION_KEY"),
+                            ("context_key", "CONTEXT_KEY"), ("control", "CONTROL")]:
+            value = getattr(args, option)
+            if value is not None:
+                parameters[key] = None if option == "context_key" and value.lower() == "none" else value
         run_dir = runner.run(parameters=parameters, results_dir=args.results, name=args.name,
                              resume=args.resume, notebooks_dir=args.notebooks, html=not args.no_html)
+    except runner.Interrupted as err:
+        print(f"\nvclib: {err}", file=sys.stderr)
+        return 130
     except VclibInputError as err:
         print(f"vclib: {err}", file=sys.stderr)
         return 2
@@ -95,13 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  report: {run_dir / runner.REPORT_FILE}")
     figures = runner.key_figures(run_dir)
     if figures is not None and len(figures):
-        shown = figures[[c for c in ["split", "metric", "best_model", "best_baseline", "beats_best_baseline",
-                                     "best_learned", "learned_vs_baseline", "learned_calibrated"] if c in figures]]
+        from vclib.report import figure_table
+
+        shown = figure_table(figures[[c for c in ["split", "metric", "best_model", "best_baseline",
+                                                  "beats_best_baseline", "best_learned", "learned_vs_baseline",
+                                                  "learned_calibrated", "note"] if c in figures]])
         print("\nKey figures (best model and best baseline; does the best learned model beat that baseline beyond "
               "the noise, and where does it sit between the baseline (0) and the noise ceiling (1)?):")
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+            print(shown.to_string(index=False))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "datasets":
+        return _datasets(args)
+    return _run(args)

@@ -35,6 +35,8 @@ from vclib.metrics._de import DEResult
 from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, condition_id, targets
 
 KEYS = ["split", "fold", "seed", CONTEXT_KEY, PERTURBATION_KEY]
+EFFECT_COLUMNS = [CONTEXT_KEY, PERTURBATION_KEY, "n_cells", "effect_size", "n_de_genes", "non_additivity",
+                  "non_additivity_raw", "non_additivity_noise", "non_additivity_within_noise"]
 COVARIATES = ["distance_to_training", "n_training_contexts", "effect_size", "n_de_genes", "n_cells",
               "reliability", "n_seen_singles", "non_additivity"]
 
@@ -93,6 +95,10 @@ def observed_effects(adata: ad.AnnData | Observed, *, de: DEResult | None = None
     ['context', 'perturbation', 'n_cells', 'effect_size', 'n_de_genes', 'non_additivity']
     """
     obs = prepare(adata, de=de) if not isinstance(adata, Observed) else adata
+    if obs.not_applicable:
+        out = pd.DataFrame(columns=EFFECT_COLUMNS)
+        out.attrs["skipped"] = [{"analysis": "observed effects", "reason": obs.not_applicable}]
+        return out
     de = obs.de if de is None else de
     deltas = obs.deltas
     out = deltas.obs[[CONTEXT_KEY, PERTURBATION_KEY, "n_cells"]].copy()

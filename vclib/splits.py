@@ -23,6 +23,7 @@ from vclib.schema import (
     CONTEXT_KEY,
     CONTROL,
     PERTURBATION_KEY,
+    SIGNATURE,
     NotApplicable,
     VclibInputError,
     condition_id,
@@ -233,10 +234,14 @@ def applicable(data: ad.AnnData, names=tuple(SPLITS), *, options: dict | None = 
     (['unseen_perturbation'], 'one context (C1): there is no other context to transfer from')
     """
     options = options or {}
+    out: dict = {"splits": {}, "skipped": [], "notes": []}
+    if data.uns.get("vclib", {}).get("values") == SIGNATURE:
+        out["skipped"] = [{"analysis": f"split {name}", "reason": "these are response signatures without cells: "
+                           "a benchmark scores predicted against observed cells"} for name in names]
+        return out
     conditions = _conditions(data)
     per_context = _perturbations_per_context(conditions)
     contexts = [c for c, n in per_context.items() if n > 0]
-    out: dict = {"splits": {}, "skipped": [], "notes": []}
 
     def skip(name, reason):
         out["skipped"].append({"analysis": f"split {name}", "reason": reason})

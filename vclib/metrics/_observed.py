@@ -24,6 +24,8 @@ from vclib.schema import (
     CONTROL,
     DEFAULT_CONTEXT,
     PERTURBATION_KEY,
+    SIGNATURE,
+    NotApplicable,
     VclibInputError,
     canonical_label,
     check_columns,
@@ -89,12 +91,15 @@ class Observed:
     de
         :func:`vclib.metrics.rank_genes` of the cells, with the DE options given to :func:`prepare`.
     fingerprint
-        A short hash of the condition labels, genes, cell counts and per-condition means.
+        A short hash of the content: every cell's condition label, the genes and every value of ``X``.
+    not_applicable
+        Why this data cannot be scored (response signatures have no cells), or ``""``.
     """
 
     def __init__(self, cells: ad.AnnData, *, epsilon: float = 1e-9, de_options: dict | None = None,
-                 de: DEResult | None = None, pseudobulk: ad.AnnData | None = None):
+                 de: DEResult | None = None, pseudobulk: ad.AnnData | None = None, not_applicable: str = ""):
         self.cells = cells
+        self.not_applicable = not_applicable  # why this data cannot be scored (e.g. signatures without cells)
         self.epsilon = float(epsilon)
         self.de_options = dict(de_options or {})
         self._halves: dict = {}
@@ -113,8 +118,13 @@ class Observed:
     def var_names(self) -> pd.Index:
         return self.cells.var_names
 
+    def _need_cells(self) -> None:
+        if self.not_applicable:
+            raise NotApplicable(self.not_applicable)
+
     @cached_property
     def pseudobulk(self) -> ad.AnnData:
+        self._need_cells()
         return pbk.pseudobulk(self.cells)
 
     @cached_property
@@ -123,6 +133,7 @@ class Observed:
 
     @cached_property
     def de(self) -> DEResult:
+        self._need_cells()
         return rank_genes(self.cells, epsilon=self.epsilon, **self.de_options)
 
     @cached_property
@@ -132,12 +143,16 @@ class Observed:
 
     @cached_property
     def fingerprint(self) -> str:
-        pb = self.pseudobulk
+        """A hash of the content: labels of every cell, genes, and every value of X (exact bytes)."""
         h = hashlib.sha256()
-        h.update("\n".join(pb.obs_names).encode())
-        h.update("\n".join(pb.var_names).encode())
-        h.update(np.asarray(pb.obs["n_cells"]).tobytes())
-        h.update(np.round(np.asarray(pb.X, dtype=np.float64), 10).tobytes())
+        obs = self.cells.obs
+        h.update("\n".join(obs[CONTEXT_KEY].astype(str) + "|" + obs[PERTURBATION_KEY].astype(str)).encode())
+        h.update("\n".join(map(str, self.cells.var_names)).encode())
+        X = self.cells.X
+        parts = (X.data, X.indices, X.indptr) if sparse.issparse(X) else (np.asarray(X),)
+        for part in parts:
+            h.update(str(part.dtype).encode())
+            h.update(np.ascontiguousarray(part).tobytes())
         return h.hexdigest()[:16]
 
     def check_de_options(self, epsilon: float, de_options: dict | None) -> None:
@@ -153,6 +168,7 @@ class Observed:
         """The two random halves of every condition's cells (:func:`vclib.pseudobulk.half_labels` with ``seed``),
         each prepared like this object; computed once per seed. Their pseudobulks hold the conditions with cells
         in both halves (:func:`vclib.pseudobulk.split_halves`)."""
+        self._need_cells()
         if seed not in self._halves:
             half = pbk.half_labels(self.cells, seed=seed)
             pseudobulks = pbk.split_halves(self.cells, seed=seed)  # both halves in one pass over the cells
@@ -203,6 +219,10 @@ def prepare(
     if not isinstance(adata, ad.AnnData):
         raise VclibInputError(f"observed data must be an AnnData of cells, got {type(adata).__name__}.")
     cells = in_contract(adata, perturbation_key, context_key, control)
+    if cells.uns["vclib"].get("values") == SIGNATURE:
+        return Observed(cells, epsilon=epsilon, de_options=de_options, not_applicable=(
+            "these are response signatures without cells: scoring predictions against observations, the noise "
+            "ceiling and DE need observed cells (notebook 01 analyses signatures)"))
     check_values(cells, "observed")
     contexts = set(cells.obs[CONTEXT_KEY])
     with_control = set(cells.obs.loc[cells.obs[PERTURBATION_KEY] == CONTROL, CONTEXT_KEY])
