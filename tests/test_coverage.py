@@ -4,6 +4,7 @@ truth and hand computations, signatures, next experiments, bad input, plots, the
 from __future__ import annotations
 
 import warnings
+from itertools import combinations, permutations
 
 import anndata as ad
 import matplotlib
@@ -101,10 +102,60 @@ def test_edistance_matches_naive_pairwise(metric, sample_correct):
     assert (np.diag(E) == 0).all()
 
 
+def _scperturb_edist(X, Y):
+    """scPerturb's ``edist`` (scperturb 0.1.0 defaults: squared Euclidean, ``sample_correct=True``) written out as
+    loops over pairs: between-group mean over all pairs, within-group means over the n(n - 1) ordered pairs of
+    distinct cells."""
+    def d(x, y):
+        return float(np.sum((x - y) ** 2))
+
+    between = sum(d(x, y) for x in X for y in Y) / (len(X) * len(Y))
+    within = [sum(d(Z[i], Z[j]) for i in range(len(Z)) for j in range(len(Z)) if i != j) / (len(Z) * (len(Z) - 1))
+              for Z in (X, Y)]
+    return 2 * between - within[0] - within[1]
+
+
+def _pertpy_edistance(X, Y):
+    """pertpy 1.0's ``Edistance``: Euclidean distances, plain means over all pairs (self-pairs included)."""
+    def mean_d(A, B):
+        return sum(float(np.sqrt(np.sum((a - b) ** 2))) for a in A for b in B) / (len(A) * len(B))
+
+    return 2 * mean_d(X, Y) - mean_d(X, X) - mean_d(Y, Y)
+
+
+def test_default_edistance_is_scperturbs_edist():
+    rng = np.random.default_rng(5)
+    X = np.vstack([rng.normal(0, 1, (12, 4)), rng.normal(0.3, 2, (7, 4)), rng.normal(-1, 0.5, (20, 4))])
+    groups = np.repeat(["a", "b", "c"], [12, 7, 20])
+    E = vc.coverage.edistance(X, groups)
+    pertpy = vc.coverage.edistance(X, groups, metric="euclidean", sample_correct=False)
+    for g, h in [("a", "b"), ("a", "c"), ("b", "c")]:
+        A, B = X[groups == g], X[groups == h]
+        assert E.loc[g, h] == pytest.approx(_scperturb_edist(A, B), rel=1e-6)
+        closed = (2 * np.sum((A.mean(0) - B.mean(0)) ** 2) - 2 * np.trace(np.cov(A.T, bias=True)) / (len(A) - 1)
+                  - 2 * np.trace(np.cov(B.T, bias=True)) / (len(B) - 1))
+        assert E.loc[g, h] == pytest.approx(closed, rel=1e-9)
+        assert pertpy.loc[g, h] == pytest.approx(_pertpy_edistance(A, B), rel=1e-6)
+
+
+def test_sample_correction_removes_the_small_group_bias():
+    rng = np.random.default_rng(6)  # 200 draws of two small samples of one population: true E-distance 0
+    corrected, uncorrected = [], []
+    for _ in range(200):
+        X = rng.normal(0, 1, (8, 3))
+        groups = np.repeat(["x", "y"], [3, 5])
+        corrected.append(vc.coverage.edistance(X, groups).loc["x", "y"])
+        uncorrected.append(vc.coverage.edistance(X, groups, sample_correct=False).loc["x", "y"])
+    # expectation of the uncorrected value: 2 tr Σ (1/3 + 1/5) = 3.2; of the corrected: 0
+    assert abs(np.mean(corrected)) < 4 * np.std(corrected) / np.sqrt(200)
+    assert np.mean(uncorrected) == pytest.approx(2 * 3 * (1 / 3 + 1 / 5), rel=0.2)
+    assert min(corrected) < 0  # an unbiased estimate of 0 goes below it
+
+
 def test_sqeuclidean_edistance_is_twice_the_squared_mean_distance():
     rng = np.random.default_rng(1)
     X, Y = rng.normal(0, 1, (30, 4)), rng.normal(1, 3, (50, 4))
-    E = vc.coverage.edistance(np.vstack([X, Y]), np.repeat(["x", "y"], [30, 50]))
+    E = vc.coverage.edistance(np.vstack([X, Y]), np.repeat(["x", "y"], [30, 50]), sample_correct=False)
     assert E.loc["x", "y"] == pytest.approx(2 * np.sum((X.mean(0) - Y.mean(0)) ** 2))
 
 
@@ -113,8 +164,9 @@ def test_edistance_bad_input():
         vc.coverage.edistance(np.zeros((4, 2)), np.array(list("aabb")), metric="cosine")
     with pytest.raises(VclibInputError, match="give one per row"):
         vc.coverage.edistance(np.zeros((4, 2)), np.array(list("aab")))
-    with pytest.raises(VclibInputError, match="group 'b' has a single row"):
-        vc.coverage.edistance(np.zeros((3, 2)), np.array(list("aab")), sample_correct=True)
+    with pytest.raises(VclibInputError, match="group 'b' has a single row.*or pass sample_correct=False"):
+        vc.coverage.edistance(np.zeros((3, 2)), np.array(list("aab")))
+    assert vc.coverage.edistance(np.zeros((3, 2)), np.array(list("aab")), sample_correct=False).loc["a", "b"] == 0
 
 
 def test_control_distances_pairs_and_unchanged_input(sim):
@@ -180,6 +232,36 @@ def test_reliability_is_spearman_brown_of_split_half(sim):
     r = table["split_half_r"]
     np.testing.assert_allclose(table["reliability"], 2 * r / (1 + r))
     assert table["reliability"].median() > 0.5
+
+
+def test_split_half_r_by_hand(sim):
+    """reliability() for a few conditions, recomputed: the halves drawn as it draws them, each half's delta
+    against its own half of the context's controls, Pearson over genes, averaged over splits, Spearman-Brown."""
+    n_splits, seed = 2, 3
+    table = vc.coverage.reliability(sim, n_splits=n_splits, seed=seed)
+    X = sim.X.toarray()
+    keys = (sim.obs["context"].astype(str) + "|" + sim.obs["perturbation"].astype(str)).to_numpy()
+    rng = np.random.default_rng(seed)  # reliability draws one seed per split from its own generator
+    halves = []
+    for _ in range(n_splits):
+        split_seed = int(rng.integers(2**32))
+        split_rng, half = np.random.default_rng(split_seed), np.zeros(len(keys), dtype=int)
+        for key in np.unique(keys):  # conditions in sorted order; each one's cells shuffled, the first n // 2 in half 0
+            members = split_rng.permutation(np.flatnonzero(keys == key))
+            half[members[len(members) // 2:]] = 1
+        np.testing.assert_array_equal(half, vc.pseudobulk.half_labels(sim, seed=split_seed))
+        halves.append(half)
+    for condition in table.index[::7][:3]:
+        context = condition.split("|")[0]
+        rs = []
+        for half in halves:
+            d = [X[(keys == condition) & (half == h)].mean(0) - X[(keys == f"{context}|control") & (half == h)].mean(0)
+                 for h in (0, 1)]
+            rs.append(np.corrcoef(d[0], d[1])[0, 1])
+        r = np.mean(rs)
+        # float32 sums in the prepared observation: agreement to single precision
+        assert table.loc[condition, "split_half_r"] == pytest.approx(r, rel=1e-5)
+        assert table.loc[condition, "reliability"] == pytest.approx(2 * r / (1 + r), rel=1e-5)
 
 
 def test_transferability_matches_hand_computation(sim):
@@ -280,11 +362,97 @@ def test_bad_transfer_input(sim):
         vc.coverage.transferability(dup)
 
 
-def test_rank_correlation_readings():
-    few = pd.DataFrame({"edistance": [1.0, 2, 3], "transfer": [0.9, 0.5, 0.1]})
+def _pairs(distance, transfer):
+    """A distance_vs_transfer-like table from {(a, b): value} dictionaries over the same pairs."""
+    rows = [(a, b, distance[(a, b)], transfer[(a, b)]) for a, b in distance]
+    return pd.DataFrame(rows, columns=["context_a", "context_b", "edistance", "transfer"])
+
+
+def _mantel_by_hand(pairs, column="edistance"):
+    """Spearman ρ over pairs and its exact permutation p-value: every relabelling of the contexts of the
+    distances, each correlated (scipy) over the pairs where both values are defined."""
+    ok = pairs.dropna(subset=[column, "transfer"])
+    names = sorted(set(ok["context_a"]) | set(ok["context_b"]))
+    dist = {frozenset((a, b)): v for a, b, v in zip(ok["context_a"], ok["context_b"], ok[column], strict=True)}
+    rho = stats.spearmanr(ok[column], ok["transfer"])[0]
+    null = []
+    for order in permutations(names):
+        relabel = dict(zip(names, order, strict=True))
+        x = np.array([dist.get(frozenset((relabel[a], relabel[b])), np.nan)
+                      for a, b in zip(ok["context_a"], ok["context_b"], strict=True)])
+        keep = np.isfinite(x)
+        null.append(stats.spearmanr(x[keep], ok["transfer"].to_numpy()[keep])[0])
+    null = np.array(null)
+    return rho, np.mean(np.abs(null) >= abs(rho) - 1e-12)
+
+
+def _random_pairs(k, seed, missing=0):
+    rng = np.random.default_rng(seed)
+    where = rng.normal(size=(k, 2))
+    names = [f"c{i}" for i in range(k)]
+    d = {(names[i], names[j]): float(np.sum((where[i] - where[j]) ** 2)) for i, j in combinations(range(k), 2)}
+    t = {ab: -v + rng.normal(0, 1.5) for ab, v in d.items()}
+    for ab in list(t)[:missing]:
+        t[ab] = np.nan
+    return _pairs(d, t)
+
+
+@pytest.mark.parametrize("missing", [0, 2])
+def test_rank_correlation_p_value_is_the_exact_mantel_test(missing):
+    pairs = _random_pairs(5, seed=1, missing=missing)
+    row = vc.coverage.rank_correlation(pairs, distances=("edistance",)).iloc[0]
+    rho, p = _mantel_by_hand(pairs)
+    assert row["spearman_rho"] == pytest.approx(rho)
+    assert row["p_value"] == pytest.approx(p)
+    assert row["exact"] and row["n_permutations"] == 119 and row["n_contexts"] == 5
+    assert row["n_pairs"] == 10 - missing
+    assert "permutes the context labels" in row["reading"] and "120 orderings" in row["reading"]
+
+
+def test_rank_correlation_random_relabellings_approach_the_exact_p():
+    pairs = _random_pairs(6, seed=2)
+    _, exact = _mantel_by_hand(pairs)
+    table = vc.coverage.rank_correlation(pairs, distances=("edistance",), n_permutations=300, seed=4)
+    row = table.iloc[0]
+    assert not row["exact"] and row["n_permutations"] == 300  # 6! = 720 orderings > 301: drawn at random
+    assert abs(row["p_value"] - exact) < 4 * np.sqrt(exact * (1 - exact) / 300) + 1 / 301
+    assert row["p_value"] >= 1 / 301 and (row["p_value"] * 301) == pytest.approx(round(row["p_value"] * 301))
+    again = vc.coverage.rank_correlation(pairs, distances=("edistance",), n_permutations=300, seed=4)
+    pd.testing.assert_frame_equal(table, again)
+
+
+def test_pairs_sharing_an_odd_context_are_not_independent_evidence():
+    rng = np.random.default_rng(0)  # F is far from all others and transfers badly; among the rest, noise only
+    names = list("ABCDEF")
+    d, t = {}, {}
+    for a, b in combinations(names, 2):
+        far = "F" in (a, b)
+        d[(a, b)] = (10 if far else 1) + rng.uniform(0, 1)
+        t[(a, b)] = (0.1 if far else 0.6) + rng.uniform(0, 0.3)
+    pairs = _pairs(d, t)
+    independent = stats.spearmanr(pairs["edistance"], pairs["transfer"])[1]
+    row = vc.coverage.rank_correlation(pairs, distances=("edistance",)).iloc[0]
+    assert independent < 0.01  # the textbook p-value counts 15 pairs as independent
+    assert row["p_value"] == pytest.approx(_mantel_by_hand(pairs)[1])
+    assert row["p_value"] > 0.05 and "no clear relation" in row["reading"]
+
+
+def test_rank_correlation_readings_and_bad_input():
+    few = _pairs({("a", "b"): 1.0, ("a", "c"): 2.0, ("b", "c"): 3.0}, {("a", "b"): 0.9, ("a", "c"): 0.5,
+                                                                      ("b", "c"): 0.1})
     assert "too few" in vc.coverage.rank_correlation(few, distances=("edistance",)).iloc[0]["reading"]
-    good = pd.DataFrame({"edistance": np.arange(8.0), "transfer": -np.arange(8.0)})
-    assert "usable proxy" in vc.coverage.rank_correlation(good, distances=("edistance",)).iloc[0]["reading"]
+    where = {"a": 0.0, "b": 1.0, "c": 3.0, "d": 7.0, "e": 8.0}  # on a line: the distance order fixes the labels
+    d = {(a, b): abs(where[a] - where[b]) for a, b in combinations(where, 2)}
+    good = vc.coverage.rank_correlation(_pairs(d, {ab: -v for ab, v in d.items()}), distances=("edistance",))
+    assert good.iloc[0]["p_value"] == pytest.approx(_mantel_by_hand(_pairs(d, {ab: -v for ab, v in d.items()}))[1])
+    assert "usable proxy" in good.iloc[0]["reading"]
+    with pytest.raises(VclibInputError, match="no column 'context_a', 'context_b'.*distance_vs_transfer"):
+        vc.coverage.rank_correlation(pd.DataFrame({"edistance": [1.0, 2], "transfer": [0.1, 0.2]}))
+    twice = pd.concat([few, few.iloc[[0]].rename(columns={"context_a": "context_b", "context_b": "context_a"})])
+    with pytest.raises(VclibInputError, match="the pair 'a | b' appears more than once"):
+        vc.coverage.rank_correlation(twice)
+    with pytest.raises(VclibInputError, match="n_permutations=0"):
+        vc.coverage.rank_correlation(few, n_permutations=0)
 
 
 # ---------------------------------------------------------------- target coverage and next experiments

@@ -50,21 +50,31 @@ def edistance(
     groups: np.ndarray,
     *,
     metric: str = "sqeuclidean",
-    sample_correct: bool = False,
+    sample_correct: bool = True,
 ) -> pd.DataFrame:
     """E-distance between every two groups of rows of ``X`` (e.g. cells in a PCA embedding).
 
-    ``E(X, Y) = 2·mean d(x, y) − mean d(x, x') − mean d(y, y')`` with the means over all pairs (scPerturb,
-    Peidli et al.; pertpy's ``Edistance``).
+    ``E(X, Y) = 2·mean d(x, y) − mean d(x, x') − mean d(y, y')`` (Székely's energy statistic; scPerturb,
+    Peidli et al.). The between-group mean is over all ``nx·ny`` pairs; the within-group means are over the
+    ``n(n − 1)`` ordered pairs of *distinct* rows with ``sample_correct=True`` (the default), over all ``n²``
+    pairs, self-pairs included, with ``sample_correct=False``. The variants, by name:
 
-    * ``metric="sqeuclidean"`` (scPerturb's ``edist`` default, and pertpy's ``Edistance`` in the releases whose
-      ``cell_wise_metric`` is ``"sqeuclidean"``): computed in closed form from each group's mean and total
-      variance, ``mean ||x − y||² = ||μx − μy||² + tr Σx + tr Σy`` (population covariances), so the
-      E-distance is exactly ``2·||μx − μy||²`` and 50 groups × 2,000 cells take milliseconds. With
-      ``sample_correct=True`` the within-group means divide by ``n(n − 1)`` instead of ``n²`` (scPerturb's
-      option), which removes the small-sample bias: ``2·||μx − μy||² − 2 tr Σx/(nx − 1) − 2 tr Σy/(ny − 1)``.
-    * ``metric="euclidean"`` (Székely's energy distance; pertpy's current default): exact, from all pairwise
-      distances computed in blocks. Quadratic in the number of cells, so subsample large groups first.
+    * **scPerturb's** ``edist`` (the default; scperturb 0.1.0: ``dist="sqeuclidean"``,
+      ``sample_correct=True``): ``metric="sqeuclidean", sample_correct=True``. In closed form
+      ``2·||μx − μy||² − 2 tr Σx/(nx − 1) − 2 tr Σy/(ny − 1)`` with Σ the population covariance: an unbiased
+      estimate of ``2·||μx − μy||²``, so two samples of one population score about 0 and can score below 0.
+    * **uncorrected** (vclib's earlier default; pertpy 0.6's ``Edistance``; scPerturb's
+      ``edist(..., sample_correct=False)``): ``metric="sqeuclidean", sample_correct=False``, which is exactly
+      ``2·||μx − μy||²``. Biased upwards by ``2 tr Σx/nx + 2 tr Σy/ny``: small or spread-out groups look
+      farther apart.
+    * **pertpy's** ``Edistance`` (pertpy 1.0: ``cell_wise_metric="euclidean"``, plain means over all
+      pairs): ``metric="euclidean", sample_correct=False``, the energy distance of Székely & Rizzo as a
+      V-statistic. ``metric="euclidean", sample_correct=True`` is scPerturb's ``edist(dist="euclidean")``.
+
+    ``"sqeuclidean"`` is computed in closed form from each group's mean and total variance,
+    ``mean ||x − y||² = ||μx − μy||² + tr Σx + tr Σy``, so 50 groups × 2,000 rows take milliseconds.
+    ``"euclidean"`` is exact, from all pairwise distances computed in blocks: quadratic in the number of rows,
+    so subsample large groups first.
 
     Parameters
     ----------
@@ -75,7 +85,8 @@ def edistance(
     metric
         ``"sqeuclidean"`` or ``"euclidean"``.
     sample_correct
-        Divide within-group sums by ``n(n − 1)`` (self-pairs excluded) instead of ``n²``.
+        Divide within-group sums by ``n(n − 1)`` (self-pairs excluded; scPerturb's default) instead of ``n²``.
+        Needs at least 2 rows per group.
 
     Returns
     -------
@@ -83,15 +94,19 @@ def edistance(
 
     References
     ----------
-    Peidli S. et al., scPerturb: harmonized single-cell perturbation data, Nat Methods 21, 531–540 (2024).
+    Peidli S. et al., scPerturb: harmonized single-cell perturbation data, Nat Methods 21, 531–540 (2024);
+    Székely G. J. & Rizzo M. L., Energy statistics, J Stat Plan Inference 143, 1249–1272 (2013).
 
     Examples
     --------
     >>> import numpy as np
     >>> import vclib as vc
     >>> X = np.array([[0.0, 0], [0, 2], [3, 0], [3, 2]])
-    >>> vc.coverage.edistance(X, np.array(["a", "a", "b", "b"])).loc["a", "b"]  # 2 × ||(0, 1) − (3, 1)||²
+    >>> groups = np.array(["a", "a", "b", "b"])
+    >>> vc.coverage.edistance(X, groups, sample_correct=False).loc["a", "b"]  # 2 × ||(0, 1) − (3, 1)||²
     np.float64(18.0)
+    >>> vc.coverage.edistance(X, groups).loc["a", "b"]  # 18 − 2·1/(2 − 1) − 2·1/(2 − 1)
+    np.float64(14.0)
     """
     if metric not in METRICS:
         raise VclibInputError(f"metric={metric!r} is not one of {', '.join(map(repr, METRICS))}.")
@@ -103,7 +118,8 @@ def edistance(
     n = np.bincount(codes, minlength=len(names)).astype(float)
     if sample_correct and (n < 2).any():
         raise VclibInputError(
-            f"group {str(names[n < 2][0])!r} has a single row; sample_correct=True needs at least 2 per group."
+            f"group {str(names[n < 2][0])!r} has a single row; sample_correct=True needs at least 2 per group: "
+            "drop that group (control_distances: raise min_cells) or pass sample_correct=False."
         )
     within_pairs = n * (n - 1) if sample_correct else n**2
     if metric == "sqeuclidean":
@@ -174,7 +190,7 @@ def control_distances(
     n_top_genes: int = 2000,
     min_cells: int = 10,
     metric: str = "sqeuclidean",
-    sample_correct: bool = False,
+    sample_correct: bool = True,
     max_cells: int | None = None,
     seed: int | None = 0,
 ) -> pd.DataFrame:
@@ -197,9 +213,11 @@ def control_distances(
     n_top_genes
         Genes used for the PCA: the most variable across the pooled control cells.
     min_cells
-        Control cells a context needs for a distance.
+        Control cells a context needs for a distance (at least 2 for the default sample-size correction).
     metric, sample_correct
-        E-distance options, see :func:`edistance` (the default reproduces scPerturb's ``edist``).
+        E-distance options, see :func:`edistance`: the default is scPerturb's ``edist`` (squared Euclidean,
+        within-group means over distinct pairs); ``sample_correct=False`` is the uncorrected
+        ``2·||μa − μb||²``; ``metric="euclidean", sample_correct=False`` is pertpy's ``Edistance``.
     max_cells
         Use at most this many control cells per context (a seeded random subset) for the E-distance; useful with
         ``metric="euclidean"``, which is quadratic in cells. ``None``: all.

@@ -9,7 +9,8 @@ response to being perturbed at all, Systema), so transfer only means something a
 
 from __future__ import annotations
 
-from itertools import combinations
+import math
+from itertools import combinations, permutations
 
 import anndata as ad
 import numpy as np
@@ -479,57 +480,149 @@ def distance_vs_transfer(distances: pd.DataFrame, summary: pd.DataFrame) -> pd.D
     return distances[keep].merge(summary.drop(columns=["note"], errors="ignore"), on=["context_a", "context_b"])
 
 
+def _mantel_spearman(D: np.ndarray, T: np.ndarray, *, n_permutations: int,
+                     seed: int | None) -> tuple[float, float, int, bool]:
+    """Spearman ρ between the upper triangles of two symmetric context × context matrices (NaN: no pair), and
+    its two-sided permutation p-value over relabellings of the contexts of ``D``.
+
+    Returns ``(rho, p_value, n_permutations, exact)``: all ``k!`` orderings are enumerated when there are at
+    most ``n_permutations + 1`` of them (exact), otherwise ``n_permutations`` random ones are drawn. Written by
+    hand: scipy's ``permutation_test`` permutes observations, and here the pairs are not the exchangeable units,
+    the contexts are (each context is in k − 1 pairs).
+    """
+    k = len(D)
+    iu, ju = np.triu_indices(k, 1)
+    t = T[iu, ju]
+    rho = _corr_one(D[iu, ju], t, "spearman")[0]
+    if not np.isfinite(rho):
+        return np.nan, np.nan, 0, False
+    exact = math.factorial(k) <= n_permutations + 1
+    if exact:
+        orders = np.array(list(permutations(range(k))))[1:]  # the first ordering is the identity: the observed ρ
+    else:
+        rng = np.random.default_rng(seed)
+        orders = np.array([rng.permutation(k) for _ in range(n_permutations)])
+    blocks = np.array_split(orders, max(1, len(orders) // 2000))
+    if np.isfinite(D[iu, ju]).all() and np.isfinite(t).all():
+        # A relabelling only moves the entries of D, so rank them once (centred, unit length) and correlate by
+        # dot products.
+        R = np.zeros((k, k))
+        R[iu, ju] = _unit_rows(D[iu, ju][None, :], "spearman")[0]
+        R += R.T
+        t_unit = _unit_rows(t[None, :], "spearman")[0]
+        null = np.concatenate([R[block[:, iu], block[:, ju]] @ t_unit for block in blocks])
+    else:  # missing pairs: each relabelling correlates over its own set of defined pairs
+        null = np.concatenate([
+            _corr_rows(D[block[:, iu], block[:, ju]], np.broadcast_to(t, (len(block), len(t))), "spearman")
+            for block in blocks
+        ])
+    valid = np.isfinite(null)  # a relabelling that leaves fewer than 3 defined pairs has no ρ: not counted
+    # |ρ| equal to the observed one up to rounding counts as at least as extreme
+    extreme = int((np.abs(null[valid]) >= abs(rho) - 1e-12).sum())
+    n = int(valid.sum())
+    return float(rho), (1 + extreme) / (1 + n), n, exact
+
+
 def rank_correlation(
     pairs: pd.DataFrame,
     *,
     distances: tuple[str, ...] = ("edistance", "correlation_distance"),
     transfer: str = "transfer",
+    n_permutations: int = 9999,
+    seed: int | None = 0,
 ) -> pd.DataFrame:
-    """Does context distance predict transferability? Spearman ρ across pairs of contexts, with a reading.
+    """Does context distance predict transferability? Spearman ρ across pairs of contexts, a permutation
+    (Mantel) p-value over the contexts, and a reading.
 
-    A usable proxy has ρ clearly below 0 (closer controls, better transfer).
+    A usable proxy has ρ clearly below 0 (closer controls, better transfer). The pairs of contexts are not
+    independent observations: with k contexts each one appears in k − 1 of the k(k − 1)/2 pairs, so one odd
+    context moves many pairs together and the textbook Spearman p-value (which assumes independent pairs) is far
+    too small. The p-value here instead permutes the context labels of the distance matrix against the transfer
+    matrix (a Mantel test): ``p = (1 + #{|ρ_perm| ≥ |ρ_obs|}) / (1 + n_perm)``, two-sided. With k contexts there
+    are only k! relabellings; when ``k! ≤ n_permutations + 1`` all of them are enumerated and p is exact, and it
+    can never fall below 1/k! (1/24 for 4 contexts, 1/120 for 5). Pairs missing either value are left out; a
+    relabelling that moves a distance onto a missing pair correlates over the pairs defined in both.
 
     Parameters
     ----------
     pairs
-        Output of :func:`distance_vs_transfer`.
+        Output of :func:`distance_vs_transfer`: one row per pair of contexts, with ``context_a``,
+        ``context_b``, the distance columns and the transfer column.
     distances
         Distance columns to test.
     transfer
         Transfer column (``"transfer"``, ``"beyond_chance"``, ``"true_transfer"``, ...).
+    n_permutations
+        Random relabellings of the contexts when there are more than ``n_permutations + 1`` orderings.
+    seed
+        Seed of the random relabellings (the same for every distance column).
 
     Returns
     -------
-    DataFrame with one row per distance: ``distance``, ``transfer``, ``n_pairs``, ``spearman_rho``,
-    ``p_value``, ``reading`` (a sentence).
+    DataFrame with one row per distance: ``distance``, ``transfer``, ``n_pairs``, ``n_contexts``,
+    ``spearman_rho``, ``p_value`` (the permutation p-value), ``n_permutations`` (relabellings compared besides
+    the observed one), ``exact`` (all k! enumerated), ``reading`` (a sentence).
+
+    References
+    ----------
+    Mantel N., The detection of disease clustering and a generalized regression approach, Cancer Res 27,
+    209–220 (1967).
 
     Examples
     --------
     >>> import pandas as pd
     >>> import vclib as vc
-    >>> pairs = pd.DataFrame({"edistance": [1, 2, 3, 4, 5], "transfer": [0.9, 0.8, 0.6, 0.5, 0.1]})
-    >>> vc.coverage.rank_correlation(pairs, distances=("edistance",))["spearman_rho"].round(3).tolist()
-    [-1.0]
+    >>> pairs = pd.DataFrame({"context_a": ["A", "A", "A", "B", "B", "C"],
+    ...                       "context_b": ["B", "C", "D", "C", "D", "D"],
+    ...                       "edistance": [1, 3, 6, 2, 5, 4], "transfer": [0.9, 0.7, 0.4, 0.8, 0.5, 0.6]})
+    >>> table = vc.coverage.rank_correlation(pairs, distances=("edistance",))
+    >>> table.loc[0, ["spearman_rho", "p_value"]].round(3).tolist()  # p = 1/4!: only the observed ordering
+    [-1.0, 0.042]
     """
+    if n_permutations < 1:
+        raise VclibInputError(f"n_permutations={n_permutations}; give at least 1 (default 9999).")
+    missing = [c for c in ("context_a", "context_b", transfer) if c not in pairs]
+    if missing:
+        raise VclibInputError(
+            f"pairs has no column {', '.join(map(repr, missing))}; columns present: "
+            f"{', '.join(map(repr, pairs.columns))}. Pass the output of distance_vs_transfer()."
+        )
+    key = pd.Series([" | ".join(sorted(map(str, ab))) for ab in zip(pairs["context_a"], pairs["context_b"],
+                                                                     strict=True)], dtype=object)
+    if key.duplicated().any():
+        raise VclibInputError(f"the pair {key[key.duplicated()].iloc[0]!r} appears more than once; keep one row per "
+                              "pair of contexts.")
     rows = []
     for name in distances:
         if name not in pairs:
             continue
-        ok = pairs[[name, transfer]].dropna()
+        ok = pairs[["context_a", "context_b", name, transfer]].dropna()
         n = len(ok)
-        rho, p = (stats.spearmanr(ok[name], ok[transfer]) if n >= 3 and ok[name].nunique() > 1
-                  and ok[transfer].nunique() > 1 else (np.nan, np.nan))
-        rho, p = float(rho), float(p)
+        contexts = sorted(set(ok["context_a"].astype(str)) | set(ok["context_b"].astype(str)))
+        k = len(contexts)
+        rho, p, n_perm, exact = np.nan, np.nan, 0, False
+        if n >= 3 and ok[name].nunique() > 1 and ok[transfer].nunique() > 1:
+            where = pd.Index(contexts)
+            i, j = where.get_indexer(ok["context_a"].astype(str)), where.get_indexer(ok["context_b"].astype(str))
+            D, T = np.full((k, k), np.nan), np.full((k, k), np.nan)
+            D[i, j] = D[j, i] = ok[name].to_numpy(dtype=float)
+            T[i, j] = T[j, i] = ok[transfer].to_numpy(dtype=float)
+            rho, p, n_perm, exact = _mantel_spearman(D, T, n_permutations=n_permutations, seed=seed)
+        how = (f"exact over all {n_perm + 1:,} orderings of the {k} contexts, smallest possible p "
+               f"{1 / (n_perm + 1):.2g}" if exact else f"{n_perm:,} random orderings of the {k} contexts")
+        test = f"pairs share contexts, so p permutes the context labels (Mantel test; {how})"
         if n < 4:
             reading = f"only {n} pairs of contexts: too few for a rank correlation to mean anything"
         elif p < 0.05 and rho < 0:
-            reading = f"closer controls transferred better (ρ = {rho:.2f}, p = {p:.2g}, {n} pairs): a usable proxy"
+            reading = (f"closer controls transferred better (ρ = {rho:.2f}, p = {p:.2g}, {n} pairs): a usable "
+                       f"proxy; {test}")
         elif p < 0.05:
             reading = (f"farther controls transferred better (ρ = {rho:.2f}, p = {p:.2g}, {n} pairs): "
-                       "control distance misleads here")
+                       f"control distance misleads here; {test}")
         else:
             reading = (f"no clear relation (ρ = {rho:.2f}, p = {p:.2g}, {n} pairs): control similarity is not a "
-                       "reliable proxy for transfer in this data")
-        rows.append({"distance": name, "transfer": transfer, "n_pairs": n, "spearman_rho": rho, "p_value": p,
-                     "reading": reading})
-    return pd.DataFrame(rows, columns=["distance", "transfer", "n_pairs", "spearman_rho", "p_value", "reading"])
+                       f"reliable proxy for transfer in this data; {test}")
+        rows.append({"distance": name, "transfer": transfer, "n_pairs": n, "n_contexts": k, "spearman_rho": rho,
+                     "p_value": p, "n_permutations": n_perm, "exact": exact, "reading": reading})
+    return pd.DataFrame(rows, columns=["distance", "transfer", "n_pairs", "n_contexts", "spearman_rho", "p_value",
+                                       "n_permutations", "exact", "reading"])
