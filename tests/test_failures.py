@@ -119,8 +119,28 @@ def test_regime_map_wins_and_loses_by_stratum():
     low, high = sorted(verdicts, key=lambda s: float(s.split(",")[0].strip("([")))
     assert verdicts[low] == "loses" and verdicts[high] == "wins"
     np.testing.assert_allclose(sorted(regimes["difference"]), [-0.2, 0.2], atol=0.05)
-    with pytest.raises(VclibInputError, match="model 'nope' not in the table"):
-        F.regime_map(table, model="nope", baseline="base", metric="pearson_delta", covariate="x")
+    absent = F.regime_map(table, model="nope", baseline="base", metric="pearson_delta", covariate="x")
+    assert absent.empty and "nope not scored; models scored: base, model" in absent.attrs["skipped"][0]["reason"]
+
+
+def test_a_stratum_below_min_n_gets_no_verdict():
+    table = _synthetic_table(np.random.default_rng(0))
+    n = table["perturbation"].nunique()
+    regimes = F.regime_map(table, model="model", baseline="base", metric="pearson_delta", covariate="x", bins=2,
+                           min_n=n)  # each of the two strata holds about half the perturbations
+    assert regimes["verdict"].str.startswith("too few conditions").all()
+
+
+def test_drivers_by_split_is_error_drivers_per_split():
+    table = _synthetic_table(np.random.default_rng(1))
+    both = pd.concat([table.assign(split="a"), table.assign(split="b", value=-table["value"])])
+    out = F.drivers_by_split(both, models=["base", "absent"], metric="pearson_delta", covariates=["x"], n_boot=50)
+    assert set(zip(out["split"], out["model"], strict=True)) == {("a", "base"), ("b", "base")}
+    alone = F.error_drivers(table, model="base", metric="pearson_delta", covariates=["x"], n_boot=50)
+    a, b = out[out["split"] == "a"].iloc[0], out[out["split"] == "b"].iloc[0]
+    assert a["spearman"] == pytest.approx(alone["spearman"].iloc[0]) and b["spearman"] == pytest.approx(-a["spearman"])
+    none = F.drivers_by_split(table.iloc[:0], models=["base"], metric="pearson_delta")
+    assert none.empty and none.attrs["skipped"][0]["analysis"] == "error drivers"
 
 
 def test_error_drivers_find_the_real_covariate():

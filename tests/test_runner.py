@@ -79,7 +79,7 @@ def test_run_all_notebooks(tmp_path):
     scores = pd.read_csv(run_dir / "benchmark_scores.csv", dtype={"fold": str})
     summary = pd.read_csv(run_dir / "benchmark_summary.csv")
     assert {"no_change", "training_mean", "linear", "mlp", "ceiling"} <= set(scores["model"])
-    assert set(scores["split"]) == {"unseen_perturbation", "unseen_context"}
+    assert set(scores["split"]) == {"unseen_perturbation", "unseen_context", "combinations"}  # SPLITS = None
     row = summary[(summary["model"] == "linear") & (summary["split"] == "unseen_context")
                   & (summary["metric"] == "pearson_delta")].iloc[0]
     chosen = scores[(scores["model"] == "linear") & (scores["split"] == "unseen_context")

@@ -314,7 +314,7 @@ def run(
             names = ([CEILING] if include_ceiling else []) + list(models)
             grid += [(name, fold_table, split, fold, int(seed)) for name in names]
 
-    results, index, predictions = [], [], {}
+    results, index, predictions, said = [], [], {}, []
     for name, table, split, fold, seed in tqdm(grid, desc="benchmark", disable=not progress):
         model = None if name == CEILING else _bind(models[name], split, fold)
         settings = {"vclib_version": __version__, "data": data_hash, "observed_de": de_hash, "model": name,
@@ -337,14 +337,15 @@ def run(
             frame, predicted, note = _score_cell(obs, model, name, table, split, fold, seed, metrics,
                                                  evaluate_options, wants_de)
         if note:
-            (skipped if frame.empty else notes).append(
-                {"analysis": f"{name} on {split} fold {fold} (seed {seed})", "reason": note})
+            said.append((frame.empty, name, split, str(fold), seed, note))
         if path is not None:
             index.append({"model": name, "split": split, "fold": str(fold), "seed": seed, "scores": path.name,
                           "predictions": path.with_suffix(".h5ad").name, "data": data_hash})
         predictions[(name, split, str(fold), seed)] = predicted
         results.append(frame)
     scores = pd.concat(results, ignore_index=True)
+    for is_skip, entry in _per_split(said, tables):
+        (skipped if is_skip else notes).append(entry)
     identical = identical_models(predictions, scores, data=obs)
     if cells_dir is not None:
         results_dir = Path(results_dir)
@@ -357,6 +358,21 @@ def run(
              "metrics": metrics, "evaluate": evaluate_options}, indent=1, default=str))
     scores.attrs.update(skipped=skipped, notes=notes, identical=identical, splits=tables, fingerprint=data_hash)
     return scores
+
+
+def _per_split(said: list[tuple], tables: pd.DataFrame) -> list[tuple[bool, dict]]:
+    """What the models said on each fold, one entry per (model, split, message): "every fold" when it held on
+    all of them, otherwise the folds named."""
+    out = []
+    frame = pd.DataFrame(said, columns=["skip", "model", "split", "fold", "seed", "note"])
+    for (skip, model, split, note), group in frame.groupby(["skip", "model", "split", "note"], sort=False):
+        every = tables.loc[tables["split"] == split, ["fold", "seed"]].astype(str).drop_duplicates()
+        where = ("every fold" if len(group) == len(every) else
+                 "fold" + ("s " if group["fold"].nunique() > 1 else " ") + ", ".join(dict.fromkeys(group["fold"])))
+        seeds = sorted(set(group["seed"]))
+        seeds_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+        out.append((bool(skip), {"analysis": f"{model} on {split} ({where}, {seeds_text})", "reason": note}))
+    return out
 
 
 def _write_notes(results_dir: Path, skipped: list, notes: list) -> None:

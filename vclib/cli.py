@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--perturbation-key", help="obs column with the perturbation")
     run.add_argument("--context-key", help="obs column with the context ('none' for a single context)")
     run.add_argument("--control", help="label of the control cells")
+    run.add_argument("--values", help="what X holds: auto (default), counts, log1p, log2p or signature")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="any notebook parameter, as papermill's -p (repeatable)")
     run.add_argument("--results", default="results", help="parent folder of the runs (default: results)")
@@ -78,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         parameters = runner.parse_parameters(args.parameter, runner.notebooks(args.notebooks))
         for option, key in [("dataset", "DATASET"), ("perturbation_key", "PERTURBATION_KEY"),
-                            ("context_key", "CONTEXT_KEY"), ("control", "CONTROL")]:
+                            ("context_key", "CONTEXT_KEY"), ("control", "CONTROL"), ("values", "VALUES")]:
             value = getattr(args, option)
             if value is not None:
                 parameters[key] = None if option == "context_key" and value.lower() == "none" else value

@@ -276,11 +276,16 @@ def regime_map(
     Returns
     -------
     One row per (split, stratum): ``difference`` (model − baseline), ``ci_low``, ``ci_high``, ``n`` and
-    ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction, or too few conditions).
+    ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction, or too few conditions). Empty,
+    with the reason in ``attrs["skipped"]``, when ``model`` or ``baseline`` was not scored.
     """
-    for name in (model, baseline):
-        if name not in set(table["model"]):
-            raise VclibInputError(f"model {name!r} not in the table; models: {sorted(set(table['model']))}.")
+    empty = pd.DataFrame(columns=["model", "split", "metric", "covariate", "stratum", "difference", "ci_low",
+                                  "ci_high", "n", "n_pairs", "verdict"])
+    absent = [name for name in (model, baseline) if name not in set(table["model"])]
+    if absent:  # e.g. a model that could not be fitted on any fold of this data: say so, do not fail
+        empty.attrs["skipped"] = [{"analysis": f"regime map by {covariate}", "reason": (
+            f"{' and '.join(absent)} not scored; models scored: {', '.join(sorted(set(table['model']))) or 'none'}")}]
+        return empty
     rows = table[(table["metric"] == metric) & table["model"].isin([model, baseline])].copy()
     if covariate not in rows:
         raise VclibInputError(f"no covariate {covariate!r}; covariates: {[c for c in COVARIATES if c in rows]}.")
@@ -288,8 +293,7 @@ def regime_map(
     result = compare(rows, baseline=baseline, by=("split", "metric", "stratum"), n_boot=n_boot, seed=seed,
                      min_n=min_n)
     if result.empty:
-        return pd.DataFrame(columns=["model", "split", "metric", "covariate", "stratum", "difference", "ci_low",
-                                     "ci_high", "n", "n_pairs", "verdict"])
+        return empty
     result["verdict"] = result["better"].map(lambda b: {"yes": "wins", "no": "loses", "tie": "ties"}.get(b, b))
     result.insert(3, "covariate", covariate)
     return result.drop(columns="better")
@@ -365,6 +369,29 @@ def error_drivers(
     })
 
 
+def drivers_by_split(table: pd.DataFrame, *, models: list[str], metric: str, **options) -> pd.DataFrame:
+    """:func:`error_drivers` for each split and model of ``models`` present in ``table``, one table with ``split``
+    and ``model`` columns (empty, with the reason in ``attrs["skipped"]``, when nothing was scored).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"model": "m", "metric": "mse", "split": "s", "value": range(8),
+    ...                   "effect_size": [0, 1, 2, 3, 4, 5, 6, 8]})
+    >>> drivers_by_split(t, models=["m", "absent"], metric="mse")[["split", "model", "spearman"]].round(2).values.tolist()
+    [['s', 'm', 1.0]]
+    """
+    parts = [error_drivers(part, model=model, metric=metric, **options).assign(split=split, model=model)
+             for split, part in table.groupby("split", sort=True)
+             for model in models if ((part["model"] == model) & (part["metric"] == metric)).any()]
+    if parts:
+        return pd.concat(parts, ignore_index=True)
+    out = pd.DataFrame(columns=["covariate", "spearman", "spearman_low", "spearman_high", "coefficient", "coef_low",
+                                "coef_high", "n", "note", "split", "model"])
+    out.attrs["skipped"] = [{"analysis": "error drivers", "reason": f"no scores of {', '.join(models)} on {metric}"}]
+    return out
+
+
 def hit_rate_curves(predictions: ad.AnnData, effects: pd.DataFrame, *, min_de: int = 10,
                     k_max: int | None = None) -> pd.DataFrame:
     """Screening view: rank each context's test perturbations by predicted effect size (L2 norm of the predicted
@@ -405,9 +432,9 @@ def hit_rate_curves(predictions: ad.AnnData, effects: pd.DataFrame, *, min_de: i
     if not rows:
         out = pd.DataFrame(columns=["model", "split", "k", "hit_rate", "best_possible", "chance", "n"])
         n_hits = int(hits.sum())
-        out.attrs["reason"] = (f"no real hit among the test perturbations (none has >= {min_de} observed DE genes)"
-                               if n_hits == 0 else "every context has a single test perturbation per fold: "
-                               "there is nothing to rank")
+        out.attrs["skipped"] = [{"analysis": "hit-rate curves", "reason": (
+            f"no real hit among the test perturbations (none has >= {min_de} observed DE genes)" if n_hits == 0 else
+            "every context has a single test perturbation per fold: there is nothing to rank")}]
         return out
     curves = pd.concat(rows)
     return curves.groupby(["model", "split", "k"], as_index=False).agg(
@@ -449,7 +476,8 @@ def mode_collapse(predictions: ad.AnnData, observed: ad.AnnData) -> pd.DataFrame
     out = pd.DataFrame(rows, columns=["model", "split", "fold", "seed", CONTEXT_KEY, "predicted_spread",
                                       "observed_spread", "spread_ratio", "n"])
     if out.empty:
-        out.attrs["reason"] = "every context has a single test perturbation per fold: there is no spread to compare"
+        out.attrs["skipped"] = [{"analysis": "mode collapse", "reason": "every context has a single test "
+                                 "perturbation per fold: there is no spread to compare"}]
     return out
 
 

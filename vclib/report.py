@@ -30,20 +30,25 @@ HEADERS = {"split": "Split", "metric": "Metric", "best_model": "Best model", "be
            "note": "Note"}
 
 
+COLUMNS = ["notebook", "kind", "analysis", "reason"]
+
+
 def _entries(items) -> list[dict]:
     out = []
     for item in items:
         if isinstance(item, pd.DataFrame | pd.Series):
-            out += list(item.attrs.get("skipped", []))
+            out += [{"kind": "skipped", **e} for e in item.attrs.get("skipped", [])]
+            out += [{"kind": "note", **e} for e in item.attrs.get("notes", [])]
         elif isinstance(item, dict):
-            out.append(item)
+            out.append({"kind": "skipped", **item})
         else:
-            out += list(item)
+            out += [{"kind": "skipped", **e} for e in item]
     return out
 
 
 def record(results_dir: str | Path, notebook: str, *items, quiet: bool = False) -> pd.DataFrame:
-    """Record the analyses a notebook skipped, with the reason of each, in ``results_dir/skipped.csv``.
+    """Record what a notebook skipped and what it had to adjust, with the reason of each, in
+    ``results_dir/skipped.csv``, and print one sentence per entry.
 
     Parameters
     ----------
@@ -52,14 +57,16 @@ def record(results_dir: str | Path, notebook: str, *items, quiet: bool = False) 
     notebook
         The notebook's number or name (``"02"``).
     *items
-        Tables whose ``attrs["skipped"]`` hold ``{"analysis", "reason"}`` entries (what vclib functions return
-        when part of an analysis cannot apply), lists of such entries, or single entries.
+        Tables whose ``attrs["skipped"]`` (analyses that could not apply) and ``attrs["notes"]`` (adjustments and
+        degenerate results, e.g. fewer folds, a model with no targets among the genes) hold ``{"analysis",
+        "reason"}`` entries, lists of such entries, or single entries (``"kind"`` defaults to ``"skipped"``).
     quiet
         Do not print the sentences.
 
     Returns
     -------
-    The entries recorded now (``notebook``, ``analysis``, ``reason``). An entry recorded before is not repeated.
+    The entries recorded now (``notebook``, ``kind``, ``analysis``, ``reason``). An entry recorded before is not
+    repeated.
 
     Examples
     --------
@@ -69,24 +76,27 @@ def record(results_dir: str | Path, notebook: str, *items, quiet: bool = False) 
     ['no doubles']
     """
     path = Path(results_dir) / SKIPPED_FILE
-    new = pd.DataFrame([{"notebook": str(notebook), "analysis": e["analysis"], "reason": e["reason"]}
-                        for e in _entries(items)], columns=["notebook", "analysis", "reason"])
-    before = pd.read_csv(path, dtype=str) if path.exists() else pd.DataFrame(columns=new.columns)
+    new = pd.DataFrame([{"notebook": str(notebook), **{k: e[k] for k in COLUMNS[1:]}} for e in _entries(items)],
+                       columns=COLUMNS).drop_duplicates().reset_index(drop=True)
+    before = skipped(results_dir)
     table = pd.concat([before, new], ignore_index=True).drop_duplicates()
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     if not quiet:
-        for row in new.drop_duplicates().itertuples(index=False):
-            print(f"Skipped: {row.analysis}: {row.reason}.")
-        if new.empty:
+        for row in new.itertuples(index=False):
+            print(f"{'Skipped' if row.kind == 'skipped' else 'Note'}: {row.analysis}: {row.reason}.")
+        if not (new["kind"] == "skipped").any():
             print("Nothing skipped: every analysis of this step applies to the data.")
-    return new.drop_duplicates().reset_index(drop=True)
+    return new
 
 
 def skipped(results_dir: str | Path) -> pd.DataFrame:
-    """Everything the notebooks of a run recorded as skipped (:func:`record`)."""
+    """Everything the notebooks of a run recorded (:func:`record`): ``kind`` is ``"skipped"`` or ``"note"``."""
     path = Path(results_dir) / SKIPPED_FILE
-    return pd.read_csv(path, dtype=str) if path.exists() else pd.DataFrame(columns=["notebook", "analysis", "reason"])
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return table.assign(kind=table["kind"] if "kind" in table else "skipped")[COLUMNS]
 
 
 def key_figures(run_dir: str | Path, *, metrics=KEY_METRICS) -> pd.DataFrame | None:
@@ -150,11 +160,12 @@ def write_index(run_dir: str | Path, notebooks: list[str | Path]) -> Path:
         for p in notebooks)
     rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(json.dumps(v, default=str))}</td></tr>"
                    for k, v in {"DATASET": dataset, **parameters}.items())
-    notes = skipped(run_dir)
-    skipped_html = "<p>Nothing was skipped: every analysis applied to this data.</p>" if notes.empty else \
+    entries = skipped(run_dir)
+    skipped_html = "<p>Nothing was skipped: every analysis applied to this data.</p>" if entries.empty else \
         "".join(f"<h3>Notebook {escape(nb)}</h3><ul>" + "".join(
-            f"<li><b>{escape(a)}</b>: {escape(r)}</li>" for a, r in zip(g["analysis"], g["reason"], strict=True))
-            + "</ul>" for nb, g in notes.groupby("notebook", sort=True))
+            f"<li>{'' if k == 'skipped' else '<i>note</i> · '}<b>{escape(a)}</b>: {escape(r)}</li>"
+            for k, a, r in zip(g["kind"], g["analysis"], g["reason"], strict=True))
+            + "</ul>" for nb, g in entries.groupby("notebook", sort=True))
     figures = key_figures(run_dir)
     table = "<p>No benchmark table in this run.</p>"
     if figures is not None and len(figures):
@@ -177,7 +188,7 @@ best baseline, 1 = the noise ceiling, shown only where the ceiling is clearly ab
 the best learned model, wherever it ranks. Models with identical predictions are named together ("a = b").</p>
 {table}
 {images}
-<h2>What this data could not answer</h2>
+<h2>What this data could not answer, and what was adjusted</h2>
 {skipped_html}
 <h2>Parameters</h2><table>{rows}</table>
 </body></html>

@@ -270,7 +270,7 @@ def applicable(data: ad.AnnData, names=tuple(SPLITS), *, options: dict | None = 
                 fractions = list(own.get("fractions", FEW_SHOT_FRACTIONS))
                 shown = [f for f in fractions if f == 0 or any(int(round(f * n)) >= 1 for n in per_context)]
                 dropped = [f for f in fractions if f not in shown]
-                if len(shown) < 2:
+                if not any(f > 0 for f in shown):
                     skip(name, f"too few perturbations per context (at most {most}) for any visible fraction "
                          f"{', '.join(f'{f:g}' for f in dropped)} to show one")
                     continue
@@ -278,7 +278,8 @@ def applicable(data: ad.AnnData, names=tuple(SPLITS), *, options: dict | None = 
                     out["notes"].append({"analysis": f"split {name}", "reason": "fraction(s) "
                                          f"{', '.join(f'{f:g}' for f in dropped)} dropped: they show no perturbation "
                                          f"of any context (at most {most} per context)"})
-                own["fractions"] = shown
+                # fraction 0 is the unseen-context split itself: run it once when both are asked for
+                own["fractions"] = [f for f in shown if f > 0] if "unseen_context" in names else shown
         elif name == "combinations":
             if not conditions[PERTURBATION_KEY].str.contains(COMBINATION_SEP, regex=False).any():
                 skip(name, "no combination perturbations (written 'A+B') in the data")

@@ -23,6 +23,7 @@ def load(
     seed: int | None = 0,
     small: bool = False,
     context_divergence: float = 0.3,
+    values: str = "auto",
     **options,
 ) -> ad.AnnData:
     """Load the dataset a notebook parameter names.
@@ -41,6 +42,9 @@ def load(
         For ``"simulated"``: a reduced design (fewer genes, cells and perturbations) for quick runs and tests.
     context_divergence
         For ``"simulated"``: fraction of regulatory mechanisms that differ between contexts.
+    values
+        For a file: what its matrix holds (:func:`vclib.loaders.read`: ``"auto"``, ``"counts"``, ``"log1p"``,
+        ``"log2p"``, ``"signature"``). The simulator and registered datasets know their own.
     **options
         Passed on to :func:`vclib.loaders.simulate`, :func:`vclib.loaders.read`, or for a registered dataset
         to :func:`vclib.loaders.fetch` (``cache_dir``, ``download``, ``progressbar``).
@@ -56,6 +60,9 @@ def load(
     >>> adata.uns["vclib"]["source"]
     'vclib.loaders.simulate'
     """
+    if values != "auto" and (str(dataset) == SIMULATED or str(dataset) in REGISTRY):
+        raise VclibInputError(f"values={values!r} applies to a file; {str(dataset)!r} knows what its values are "
+                              "(leave values='auto').")
     if str(dataset) == SIMULATED:
         size = {"n_perturbations": 16, "n_combinations": 4, "n_genes": 200, "cells_per_condition": 30,
                 "control_cells": 60} if small else {}
@@ -75,4 +82,5 @@ def load(
             f"dataset {str(dataset)!r} is neither {SIMULATED!r}, a registered dataset ({', '.join(REGISTRY)}), "
             "nor a path to an .h5ad file."
         )
-    return read(path, perturbation_key=perturbation_key, context_key=context_key, control=control, **options)
+    return read(path, perturbation_key=perturbation_key, context_key=context_key, control=control, values=values,
+                **options)

@@ -192,9 +192,12 @@ def compare(
     >>> compare(t, baseline="b")[["model", "difference", "better"]].round(2).to_dict("records")
     [{'model': 'a', 'difference': -1.04, 'better': 'yes'}]
     """
+    keys = _group_keys(table, by)
+    columns = ["model", *keys, "difference", "ci_low", "ci_high", "n", "n_pairs", "better"]
+    if table.empty:  # nothing was scored (e.g. no split applies): nothing to compare
+        return pd.DataFrame(columns=columns)
     if baseline not in set(table["model"]):
         raise VclibInputError(f"baseline {baseline!r} not among the models: {sorted(set(table['model']))}.")
-    keys = _group_keys(table, by)
     pair = list(dict.fromkeys([*keys, *[k for k in PAIR_KEYS if k in table.columns]]))
     base = table[table["model"] == baseline]
     if base.duplicated(pair).any():
@@ -215,7 +218,7 @@ def compare(
             better = "n/a" if n == 0 else verdict(low, high, metric=row.get("metric"), n=n, min_n=min_n)
             rows.append({**row, "difference": mean, "ci_low": low, "ci_high": high, "n": n,
                          "n_pairs": int(ok.sum()), "better": better})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _splittable(a: Observed, b: Observed) -> set[str]:
@@ -396,10 +399,13 @@ def calibrate(
     >>> calibrate(s, baseline="b")["calibrated"].round(3).tolist()
     [0.5]
     """
+    keys = _group_keys(scores, by)
+    if scores.empty:  # nothing was scored: nothing to calibrate
+        return pd.DataFrame(columns=["model", *keys, "mean", "n", "baseline_mean", "ceiling_mean", "span",
+                                     "span_low", "span_high", "calibrated", "calibration_note"])
     for name in (baseline, ceiling_model):
         if name not in set(scores["model"]):
             raise VclibInputError(f"{name!r} not among the models of the scores: {sorted(set(scores['model']))}.")
-    keys = _group_keys(scores, by)
     summary = aggregate(scores, by=("model", *keys), n_boot=n_boot, ci=ci, seed=seed)
     span = compare(scores[scores["model"].isin([baseline, ceiling_model])], baseline=baseline, by=tuple(keys),
                    n_boot=n_boot, ci=ci, seed=seed, min_n=min_n)

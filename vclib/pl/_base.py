@@ -24,3 +24,16 @@ def differences(rows: pd.DataFrame, labels, colours, *, ax: plt.Axes) -> plt.Axe
     ax.set_yticks(y, list(labels))
     ax.invert_yaxis()
     return ax
+
+
+def empty(ax: plt.Axes, what: str, why: str) -> plt.Axes:
+    """An empty plot that says in a sentence why it is empty (a shape of data the analysis cannot use), so a
+    reader never meets a blank panel."""
+    ax.text(0.5, 0.5, f"no {what}:\n{why}", ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
+    ax.set_axis_off()
+    return ax
+
+
+def why_empty(table: pd.DataFrame, default: str) -> str:
+    """The reason a vclib table is empty (its first ``attrs["skipped"]`` entry), else ``default``."""
+    return (table.attrs.get("skipped") or [{}])[0].get("reason") or default

@@ -8,7 +8,7 @@ import pandas as pd
 
 from vclib.metrics import REGISTRY
 from vclib.pl._base import axes as _axes
-from vclib.pl._base import differences
+from vclib.pl._base import differences, empty, why_empty
 
 
 def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = None) -> plt.Axes:
@@ -24,6 +24,8 @@ def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = Non
     """
     rows = summary[summary["metric"] == metric]
     models = rows[rows["model"] != "ceiling"]
+    if models.empty:
+        return empty(_axes(ax, (6, 2)), f"scores for {metric}", why_empty(summary, "nothing was scored (see the skipped analyses above)"))
     order = models.groupby("model")["mean"].mean().sort_values(
         ascending=not _higher_is_better(metric)).index.tolist()
     split_names = sorted(rows["split"].unique()) if "split" in rows else [None]
@@ -64,10 +66,12 @@ def versus_baseline(comparison: pd.DataFrame, *, metric: str, ax: plt.Axes | Non
     >>> ax = versus_baseline(c, metric="mse")
     """
     rows = comparison[comparison["metric"] == metric].copy()
+    if rows.empty:
+        return empty(_axes(ax, (6, 2)), f"comparison on {metric}", why_empty(comparison, "nothing was compared (see the skipped analyses above)"))
     rows["label"] = rows["model"] + ("  ·  " + rows["split"] if "split" in rows else "")
     rows = rows.sort_values(["split", "difference"] if "split" in rows else ["difference"])
     ax = _axes(ax, (6, 0.35 * len(rows) + 1.5))
-    colours = rows["better"].map({"yes": "C2", "no": "C3", "tie": "0.5", "n/a": "0.8"})
+    colours = rows["better"].map({"yes": "C2", "no": "C3", "tie": "0.5"}).fillna("0.8")  # grey-white: no verdict
     differences(rows, rows["label"], colours, ax=ax)
     ax.set_xlabel(f"{metric}: model − baseline (green better, red worse, grey tie)")
     return ax

@@ -12,7 +12,10 @@ from scipy.spatial.distance import squareform
 
 from vclib.coverage import distance_matrix, rank_correlation
 from vclib.pl._base import axes as _axes
+from vclib.pl._base import empty
 from vclib.schema import CONTEXT_KEY
+
+_FEW_CONTEXTS = "coverage analysis compares contexts and needs at least 2"
 
 
 def coverage_heatmap(counts: pd.DataFrame, *, ax: plt.Axes | None = None, max_rows: int = 80) -> plt.Axes:
@@ -59,15 +62,6 @@ def effect_sizes(deltas: ad.AnnData, *, ax: plt.Axes | None = None) -> plt.Axes:
 _LABELS = {"edistance": "E-distance", "correlation_distance": "correlation distance"}
 
 
-def _no_pairs(ax: plt.Axes, what: str, why: str = "coverage analysis compares contexts and needs at least 2"
-              ) -> plt.Axes:
-    """An empty plot that says why it is empty (e.g. a single-context dataset)."""
-    ax.text(0.5, 0.5, f"no {what}:\n{why}",
-            ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_axis_off()
-    return ax
-
-
 def overlap_heatmap(overlap: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
     """Jaccard overlap of the contexts' perturbation sets (output of :func:`vclib.coverage.context_overlap`).
 
@@ -110,7 +104,7 @@ def distance_heatmap(distances: pd.DataFrame, *, value: str = "edistance", ax: p
     n = len(set(distances["context_a"]) | set(distances["context_b"]))
     ax = _axes(ax, (2.2 + 0.6 * n, 1.5 + 0.5 * n))
     if distances.empty:
-        return _no_pairs(ax, "context pairs")
+        return empty(ax, "context pairs", _FEW_CONTEXTS)
     matrix = distance_matrix(distances, value=value)
     order = _cluster_order(matrix)
     matrix = matrix.loc[order, order]
@@ -134,7 +128,7 @@ def transfer_pairs(summary: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.
     """
     ax = _axes(ax, (6, 1.2 + 0.35 * max(len(summary), 1)))
     if summary.empty:
-        return _no_pairs(ax, "pairs of contexts sharing a perturbation")
+        return empty(ax, "pairs of contexts sharing a perturbation", _FEW_CONTEXTS)
     table = summary.sort_values("transfer").reset_index(drop=True)
     y = np.arange(len(table))
     labels = [f"{a} – {b} (n={n})" for a, b, n in zip(table["context_a"], table["context_b"], table["n_shared"],
@@ -173,7 +167,7 @@ def transfer_vs_truth(
     """
     ax = _axes(ax, (4.2, 4))
     if summary.empty:
-        return _no_pairs(ax, "pairs of contexts")
+        return empty(ax, "pairs of contexts", _FEW_CONTEXTS)
     ax.scatter(summary[truth], summary["same_raw"], color="C0", label="raw")
     if summary["same_corrected"].notna().any():
         ax.scatter(summary[truth], summary["same_corrected"], color="C3", label="noise-corrected")
@@ -210,7 +204,7 @@ def distance_vs_transfer(
     ax = _axes(ax, (4.5, 4))
     ok = pairs.dropna(subset=[distance, transfer]) if len(pairs) else pairs
     if ok.empty:
-        return _no_pairs(ax, "pairs of contexts with both a distance and a transfer estimate")
+        return empty(ax, "pairs of contexts with both a distance and a transfer estimate", _FEW_CONTEXTS)
     ax.scatter(ok[distance], ok[transfer], color="C0")
     if len(ok) <= 15:
         for a, b, x, y in zip(ok["context_a"], ok["context_b"], ok[distance], ok[transfer], strict=True):
@@ -237,7 +231,7 @@ def target_coverage(coverage: pd.DataFrame, *, target: str, ax: plt.Axes | None 
     rows = coverage[coverage["target"] == target].sort_values(["coverage", "perturbation"], ascending=[False, True])
     ax = _axes(ax, (max(4.0, 0.12 * len(rows) + 2), 3.2))
     if rows.empty:
-        return _no_pairs(ax, f"coverage table for {target}", "no perturbation was measured anywhere")
+        return empty(ax, f"coverage table for {target}", "no perturbation was measured anywhere")
     sources = [s if s else "(none)" for s in rows["best_source"]]
     names = sorted(set(sources) - {target, "(none)"})
     colours = {target: "0.2", "(none)": "0.85", **{s: f"C{i}" for i, s in enumerate(names)}}
@@ -274,7 +268,7 @@ def next_experiments(plan: pd.DataFrame, *, target: str, top: int = 10, ax: plt.
     rows = plan[plan["target"] == target].sort_values("rank").head(top)
     ax = _axes(ax, (6, 1.2 + 0.3 * max(len(rows), 1)))
     if rows.empty:
-        return _no_pairs(ax, f"candidate measurement raises {target}'s coverage",
+        return empty(ax, f"candidate measurement raises {target}'s coverage",
                          "its perturbations are measured there, or no other context transfers better")
     kinds = list(dict.fromkeys(plan["kind"]))
     colour = {k: f"C{i}" for i, k in enumerate(sorted(kinds))}

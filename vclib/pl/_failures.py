@@ -9,7 +9,7 @@ import seaborn as sns
 
 from vclib.failures import predicted_delta
 from vclib.pl._base import axes as _axes
-from vclib.pl._base import differences
+from vclib.pl._base import differences, empty, why_empty
 
 
 def regime_map(regimes: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
@@ -26,6 +26,8 @@ def regime_map(regimes: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes
     >>> ax = regime_map(r)
     """
     rows = regimes.reset_index(drop=True)
+    if rows.empty:
+        return empty(_axes(ax, (6, 2)), "strata", why_empty(regimes, "no condition has this covariate"))
     labels = (rows["split"] + " · " if "split" in rows else "") + rows["stratum"].astype(str)
     ax = _axes(ax, (6, 0.4 * len(rows) + 1.5))
     colours = rows["verdict"].map({"wins": "C2", "loses": "C3", "ties": "0.5"}).fillna("0.8")
@@ -51,6 +53,8 @@ def error_vs_covariate(table: pd.DataFrame, *, metric: str, covariate: str, mode
     if models is not None:
         rows = rows[rows["model"].isin(models)]
     ax = _axes(ax, (6, 4))
+    if rows.empty:
+        return empty(ax, f"conditions with {covariate}", why_empty(table, f"no scored condition has a {covariate} value"))
     for k, (model, group) in enumerate(rows.groupby("model", sort=True)):
         ax.scatter(group[covariate], group["value"], s=8, alpha=0.35, color=f"C{k}")
         bins = pd.qcut(group[covariate], q=min(6, group[covariate].nunique()), duplicates="drop")
@@ -75,6 +79,8 @@ def hit_rate_curves(curves: pd.DataFrame, *, split: str | None = None, ax: plt.A
     """
     rows = curves if split is None else curves[curves["split"] == split]
     ax = _axes(ax, (6, 4))
+    if rows.empty:
+        return empty(ax, "hit-rate curves", why_empty(curves, "no test condition has enough DE genes"))
     models = [m for m in sorted(rows["model"].unique()) if m != "ceiling"]
     for k, model in enumerate(models):
         part = rows[rows["model"] == model].groupby("k", as_index=False)["hit_rate"].mean()
@@ -103,6 +109,8 @@ def spread(collapse: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
     >>> ax = spread(c)
     """
     ax = _axes(ax, (6, 0.35 * collapse["model"].nunique() + 1.5))
+    if collapse.empty:
+        return empty(ax, "spread of predictions", why_empty(collapse, "no fold has two test conditions"))
     order = collapse.groupby("model")["spread_ratio"].mean().sort_values().index
     sns.barplot(collapse, y="model", x="spread_ratio", hue="split" if "split" in collapse else None, order=order,
                 ax=ax, errorbar=None)
@@ -152,6 +160,8 @@ def failure_gallery(worst: pd.DataFrame, predictions, observed, *, model: str, a
     if axes is None:
         _, axes = plt.subplots(1, max(len(worst), 1), figsize=(3.6 * max(len(worst), 1), 3.8), squeeze=False)
         axes = axes[0]
+    if worst.empty:
+        empty(axes[0], "conditions to show", why_empty(worst, "nothing was scored for this model"))
     for ax, row in zip(axes, worst.itertuples(index=False), strict=False):
         name = f"{row.context}|{row.perturbation}"
         pred = predicted_delta(predictions, model=model, split=row.split, fold=row.fold, context=row.context,
