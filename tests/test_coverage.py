@@ -215,12 +215,13 @@ def test_single_context_gives_empty_pairwise_tables(sim):
     assert plan.empty
 
 
-def test_distances_refuse_signatures():
+def test_distances_and_reliability_of_signatures_are_skipped_with_the_reason():
     sig = ad.AnnData(np.array([[1.0, 2, 3], [3, 2, 1]]),
                      obs=pd.DataFrame({"perturbation": ["d", "d"], "context": ["a", "b"]}, index=["0", "1"]))
     sig = vc.loaders.read(sig, values="signature")
-    with pytest.raises(VclibInputError, match="need control cells"):
-        vc.coverage.control_distances(sig)
+    for table, what in [(vc.coverage.control_distances(sig), "need control cells"),
+                        (vc.coverage.reliability(sig), "needs cells")]:
+        assert table.empty and what in table.attrs["skipped"][0]["reason"]
 
 
 # ---------------------------------------------------------------- reliability and transferability

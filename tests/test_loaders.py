@@ -195,6 +195,23 @@ def test_file_round_trip_and_backed(sim, tmp_path):
     vc.schema.validate(backed)
 
 
+def test_backed_read_never_modifies_the_callers_object(sim, tmp_path):
+    path = tmp_path / "sim.h5ad"
+    _counts_adata(sim).write_h5ad(path)
+    keys = {"perturbation_key": "guide", "context_key": "line", "control": "NT", "combination_sep": "_"}
+    mine = ad.read_h5ad(path, backed="r")
+    obs, uns = mine.obs.copy(), dict(mine.uns)
+    out = vc.loaders.read(mine, backed=True, **keys)
+    assert out is not mine and out.isbacked
+    pd.testing.assert_frame_equal(mine.obs, obs)
+    assert dict(mine.uns) == uns and "perturbation" not in mine.obs
+    in_memory = ad.read_h5ad(path)
+    before = in_memory.obs.copy()
+    with pytest.raises(VclibInputError, match="already in memory: pass backed=False"):
+        vc.loaders.read(in_memory, backed=True, **keys)
+    pd.testing.assert_frame_equal(in_memory.obs, before)
+
+
 def test_drug_names_with_plus_are_single_perturbations(sim):
     drugs = sim.copy()
     labels = drugs.obs["perturbation"].astype(str)

@@ -299,7 +299,12 @@ def run(
         scores.attrs.update(skipped=skipped, notes=notes, splits=tables, fingerprint=None,
                             identical=identical_models({}, scores))
         if results_dir is not None:
-            _write_notes(Path(results_dir), skipped, notes)
+            results_dir = Path(results_dir)
+            results_dir.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(columns=["model", "split", "fold", "seed", "scores", "predictions", "data"]).to_csv(
+                results_dir / INDEX_FILE, index=False)  # an empty run that later steps can read
+            tables.to_csv(results_dir / SPLITS_FILE, index=False)
+            _write_notes(results_dir, skipped, notes)
         return scores
     data_hash = obs.fingerprint
     de_hash = _de_hash(observed_de) if observed_de is not None else None
@@ -552,7 +557,17 @@ def load_predictions(results_dir: str | Path) -> ad.AnnData:
             part.obs[key] = getattr(row, key)
         part.obs_names = [f"{row.model}|{row.split}|{row.fold}|{row.seed}|{n}" for n in part.obs_names]
         parts.append(part)
+    if not parts:  # nothing was scored (no split applied to the data)
+        return ad.AnnData(np.zeros((0, 0), dtype=np.float32),
+                          obs=pd.DataFrame(columns=["model", "split", "fold", "seed", CONTEXT_KEY, PERTURBATION_KEY],
+                                           index=pd.Index([], dtype=str)))
     return ad.concat(parts, merge="same")
+
+
+BEST_COLUMNS = ["split", "metric", "best_model", "best_mean", "n", "best_baseline", "baseline_mean", "ceiling",
+                "beats_best_baseline", "difference", "ci_low", "ci_high", "calibrated", "calibration_note", "note",
+                "best_learned", "learned_mean", "learned_vs_baseline", "learned_calibrated",
+                "learned_calibration_note"]
 
 
 def best_models(
@@ -644,7 +659,7 @@ def best_models(
                 row.update(beats_best_baseline=diff["better"], difference=diff["difference"],
                            ci_low=diff["ci_low"], ci_high=diff["ci_high"])
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else BEST_COLUMNS)
 
 
 def _named(model: str, split: str, identical: pd.DataFrame | None) -> str:

@@ -32,9 +32,10 @@ from vclib import pseudobulk as pbk
 from vclib.benchmark import load_predictions, read_scores
 from vclib.metrics import MIN_N, REGISTRY, Observed, compare, prepare, too_few
 from vclib.metrics._de import DEResult
-from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, condition_id, targets
+from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, SIGNATURE, VclibInputError, condition_id, targets
 
 KEYS = ["split", "fold", "seed", CONTEXT_KEY, PERTURBATION_KEY]
+NOTHING_SCORED = "no predictions: the benchmark scored nothing on this data (see notebook 02's skipped analyses)"
 EFFECT_COLUMNS = [CONTEXT_KEY, PERTURBATION_KEY, "n_cells", "effect_size", "n_de_genes", "non_additivity",
                   "non_additivity_raw", "non_additivity_noise", "non_additivity_within_noise"]
 COVARIATES = ["distance_to_training", "n_training_contexts", "effect_size", "n_de_genes", "n_cells",
@@ -185,7 +186,8 @@ def split_covariates(splits: pd.DataFrame, distances: pd.DataFrame | None = None
                          "distance_to_training": dist, "nearest_training_context": near,
                          "n_training_contexts": len(contexts),
                          "n_seen_singles": row.n_seen_singles})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*KEYS, "distance_to_training", "nearest_training_context",
+                                       "n_training_contexts", "n_seen_singles"])
 
 
 def condition_table(
@@ -388,7 +390,7 @@ def drivers_by_split(table: pd.DataFrame, *, models: list[str], metric: str, **o
         return pd.concat(parts, ignore_index=True)
     out = pd.DataFrame(columns=["covariate", "spearman", "spearman_low", "spearman_high", "coefficient", "coef_low",
                                 "coef_high", "n", "note", "split", "model"])
-    out.attrs["skipped"] = [{"analysis": "error drivers", "reason": f"no scores of {', '.join(models)} on {metric}"}]
+    out.attrs["skipped"] = [{"analysis": "error drivers", "reason": f"no scores of {', '.join(models) or 'any model'} on {metric}"}]
     return out
 
 
@@ -433,6 +435,7 @@ def hit_rate_curves(predictions: ad.AnnData, effects: pd.DataFrame, *, min_de: i
         out = pd.DataFrame(columns=["model", "split", "k", "hit_rate", "best_possible", "chance", "n"])
         n_hits = int(hits.sum())
         out.attrs["skipped"] = [{"analysis": "hit-rate curves", "reason": (
+            NOTHING_SCORED if predictions.n_obs == 0 else
             f"no real hit among the test perturbations (none has >= {min_de} observed DE genes)" if n_hits == 0 else
             "every context has a single test perturbation per fold: there is nothing to rank")}]
         return out
@@ -476,8 +479,9 @@ def mode_collapse(predictions: ad.AnnData, observed: ad.AnnData) -> pd.DataFrame
     out = pd.DataFrame(rows, columns=["model", "split", "fold", "seed", CONTEXT_KEY, "predicted_spread",
                                       "observed_spread", "spread_ratio", "n"])
     if out.empty:
-        out.attrs["skipped"] = [{"analysis": "mode collapse", "reason": "every context has a single test "
-                                 "perturbation per fold: there is no spread to compare"}]
+        out.attrs["skipped"] = [{"analysis": "mode collapse", "reason": NOTHING_SCORED if predictions.n_obs == 0 else
+                                 "every context has a single test perturbation per fold: there is no spread to "
+                                 "compare"}]
     return out
 
 
@@ -537,7 +541,8 @@ def read_results(results_dir: str | Path) -> BenchmarkResults:
         splits=pd.read_csv(results_dir / "splits.csv", dtype=dtypes),
         effects=pd.read_csv(results_dir / "observed_effects.csv", index_col=0, dtype=dtypes),
         predictions=load_predictions(results_dir / "benchmark"),
-        observed=pbk.deltas(pseudobulk),
+        # response signatures are responses already: no control to subtract
+        observed=pseudobulk if pseudobulk.uns.get("vclib", {}).get("values") == SIGNATURE else pbk.deltas(pseudobulk),
         distances=optional["context_distances.csv"],
         reliability=optional["reliability.csv"],
         identical=optional["benchmark/identical_models.csv"],

@@ -22,6 +22,7 @@ from vclib.schema import (
     COUNTS,
     LOG1P,
     PERTURBATION_KEY,
+    SIGNATURE,
     TARGET_SUM,
     VclibInputError,
     check_columns,
@@ -114,7 +115,8 @@ def pseudobulk(
     -------
     AnnData with one row per condition, index ``"context|perturbation"``, ``X`` the mean log1p expression
     (dense float64) and obs columns ``context``, ``perturbation``, ``n_cells``, ``is_control``. Rows are sorted
-    by context, then perturbation. ``var`` is a copy of the input's var.
+    by context, then perturbation. ``var`` is a copy of the input's var; ``uns["vclib"]["values"]`` is
+    ``"signature"`` for response signatures (each row a response already), else ``"log1p"``.
 
     Examples
     --------
@@ -127,7 +129,9 @@ def pseudobulk(
     table, codes = _conditions(adata.obs, perturbation_key, context_key)
     values = adata.uns.get("vclib", {}).get("values", LOG1P)
     means, sizes = group_means(adata.X, codes, len(table), values=values, chunk_size=chunk_size)
-    return _as_anndata(table.assign(n_cells=sizes), means, adata.var, control=control)
+    out = _as_anndata(table.assign(n_cells=sizes), means, adata.var, control=control)
+    out.uns["vclib"] = {"values": SIGNATURE if values == SIGNATURE else LOG1P}  # what a row is: a response or a mean
+    return out
 
 
 def _as_anndata(table: pd.DataFrame, means: np.ndarray, var: pd.DataFrame, *, control: str) -> ad.AnnData:

@@ -243,11 +243,11 @@ def control_distances(
     [['C1', 'C2'], ['C1', 'C3'], ['C2', 'C3']]
     """
     columns = PAIR_COLUMNS + ["edistance", "correlation_distance", "n_control_a", "n_control_b", "note"]
-    if adata.uns.get("vclib", {}).get("values") == SIGNATURE:
-        raise VclibInputError(
-            "these are response signatures without cells: context distances need control cells. Use "
-            "transferability() on signatures; compute distances on a cell-level dataset."
-        )
+    if adata.uns.get("vclib", {}).get("values") == SIGNATURE:  # a shape to report, not an error
+        out = pd.DataFrame(columns=columns)
+        out.attrs["skipped"] = [{"analysis": "context distances", "reason": (
+            "these are response signatures without cells: context distances need control cells")}]
+        return out
     check_columns(adata.obs, [perturbation_key, context_key])
     is_control = (adata.obs[perturbation_key].astype(str) == control).to_numpy()
     contexts = adata.obs[context_key].astype(str).to_numpy()

@@ -153,8 +153,11 @@ def reliability(
     True
     """
     _check_method(method)
-    if not isinstance(adata, Observed) and _is_signature(adata):
-        raise VclibInputError("response signatures have no cells, so no split-half reliability; use cells.")
+    if not isinstance(adata, Observed) and _is_signature(adata):  # a shape to report, not an error
+        out = pd.DataFrame(columns=[CONTEXT_KEY, PERTURBATION_KEY, "n_cells", "split_half_r", "reliability", "note"])
+        out.attrs["skipped"] = [{"analysis": "reliability", "reason": "these are response signatures without cells: "
+                                 "split-half reliability needs cells"}]
+        return out
     obs = adata if isinstance(adata, Observed) else prepare(
         adata, perturbation_key=perturbation_key, context_key=context_key, control=control)
     pb = obs.pseudobulk

@@ -45,6 +45,11 @@ _REFUSALS = {
 
 def _open(data: str | Path | ad.AnnData, *, backed: bool) -> tuple[ad.AnnData, str]:
     if isinstance(data, ad.AnnData):
+        if backed:  # backed mode writes its contract columns onto the object it opened: open our own
+            if not data.isbacked:
+                raise VclibInputError("backed=True opens a file with X on disk; this AnnData is already in memory: "
+                                      "pass backed=False (or the path of its .h5ad file).")
+            return ad.read_h5ad(data.filename, backed="r"), str(data.filename)
         return data, "AnnData in memory"
     path = Path(data)
     if not path.exists():
