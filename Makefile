@@ -20,9 +20,9 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/vclib run $(ARGS)
 
-## make test: the whole test suite, notebooks included
+## make test: the whole test suite, notebooks included, on every core (pytest-xdist)
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist worksteal $(ARGS)
 
 ## make test-fast: everything but the notebook runs
 test-fast: $(STAMP)

@@ -316,3 +316,13 @@ def test_best_models_by_hand():
     assert best["best_model"] == "mlp" and best["best_baseline"] == "linear"  # additive: 90% undefined, not ranked
     assert best["beats_best_baseline"] == "yes" and best["learned_vs_baseline"] == "yes"
     assert best["calibrated"] == pytest.approx((0.5 - 0.3) / (0.7 - 0.3), abs=0.05)  # (u - b) / (c - b)
+
+
+def test_a_context_with_only_controls_is_left_out_of_the_folds():
+    adata = vc.loaders.simulate(n_contexts=2, n_perturbations=8, n_combinations=0, n_genes=40, cells_per_condition=5,
+                                coverage=1.0)
+    only_controls = adata[(adata.obs["context"] == "C1") | (adata.obs["perturbation"] == "control")].copy()
+    split = vc.splits.unseen_perturbation(only_controls, n_folds=2)
+    assert set(split.loc[split["role"] == "test", "context"]) == {"C1"}
+    tables = vc.benchmark.split_tables(only_controls, splits=["unseen_perturbation", "unseen_context"])
+    assert tables.attrs["skipped"][0]["reason"] == "only one context (C1) has perturbed cells"

@@ -424,6 +424,8 @@ def test_union_of_cell_lines_is_one_anndata(tmp_path):
 
 def test_load_rejects_options_that_do_not_apply(tmp_path):
     with pytest.raises(vc.schema.VclibInputError, match="do not apply to the registered dataset"):
+        vc.loaders.load("kang_2018", layer="counts")
+    with pytest.raises(vc.schema.VclibInputError, match="values='log1p' applies to a file; 'kang_2018' knows"):
         vc.loaders.load("kang_2018", values="log1p")
 
 

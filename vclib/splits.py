@@ -83,7 +83,7 @@ def unseen_perturbation(data: ad.AnnData, *, n_folds: int = 5, seed: int | None 
     rng = np.random.default_rng(seed)
     fold_of = np.full(len(conditions), -1)
     for _, rows in conditions.groupby(CONTEXT_KEY).groups.items():
-        rows = np.array([r for r in rows if conditions.at[r, PERTURBATION_KEY] != CONTROL])
+        rows = np.array([r for r in rows if conditions.at[r, PERTURBATION_KEY] != CONTROL], dtype=int)
         fold_of[rows] = rng.permutation(np.arange(rows.size) % n_folds)
     tables = [_table("unseen_perturbation", str(k), conditions, np.where(fold_of == k, "test", "train"))
               for k in range(n_folds)]

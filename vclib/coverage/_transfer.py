@@ -579,7 +579,7 @@ def rank_correlation(
     ...                       "context_b": ["B", "C", "D", "C", "D", "D"],
     ...                       "edistance": [1, 3, 6, 2, 5, 4], "transfer": [0.9, 0.7, 0.4, 0.8, 0.5, 0.6]})
     >>> table = vc.coverage.rank_correlation(pairs, distances=("edistance",))
-    >>> table.loc[0, ["spearman_rho", "p_value"]].round(3).tolist()  # p = 1/4!: only the observed ordering
+    >>> table.loc[0, ["spearman_rho", "p_value"]].astype(float).round(3).tolist()  # p = 1/4!: the observed order only
     [-1.0, 0.042]
     """
     if n_permutations < 1:
