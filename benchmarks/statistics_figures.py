@@ -74,7 +74,8 @@ def edistance_against_scperturb(adata) -> pd.DataFrame:
             ref = _scperturb_edist(X[groups == a], X[groups == b])
             rows.append({"pair": f"{a} | {b}", "scPerturb formula": ref, "vclib default": default.loc[a, b],
                          "relative difference": abs(default.loc[a, b] - ref) / abs(ref),
-                         "uncorrected": plain.loc[a, b], "uncorrected rel. diff": abs(plain.loc[a, b] - ref) / abs(ref)})
+                         "uncorrected": plain.loc[a, b],
+                         "uncorrected rel. diff": abs(plain.loc[a, b] - ref) / abs(ref)})
     return pd.DataFrame(rows)
 
 
@@ -130,7 +131,8 @@ def main() -> int:
     obs = norman()
     sections = [
         ("1. PDS of the control-everywhere predictor, Norman K562 (0.5 = chance)", lambda: pds_of_a_constant(obs)),
-        ("2. E-distance of Kang control cells vs scPerturb's edist formula", lambda: edistance_against_scperturb(kang())),
+        ("2. E-distance of Kang control cells vs scPerturb's edist formula",
+         lambda: edistance_against_scperturb(kang())),
         ("3. compare() with one and two seeds (simulator, 20 perturbations per context)", two_seeds),
         ("4. Kang unseen cell type, pearson_delta: models and the ceiling per held-out cell type",
          lambda: ceilings_per_context(kang())),

@@ -9,7 +9,6 @@ import pytest
 
 import vclib as vc
 from vclib import failures as F
-from vclib.schema import VclibInputError
 
 
 @pytest.fixture(scope="module")

@@ -380,7 +380,8 @@ def drivers_by_split(table: pd.DataFrame, *, models: list[str], metric: str, **o
     >>> import pandas as pd
     >>> t = pd.DataFrame({"model": "m", "metric": "mse", "split": "s", "value": range(8),
     ...                   "effect_size": [0, 1, 2, 3, 4, 5, 6, 8]})
-    >>> drivers_by_split(t, models=["m", "absent"], metric="mse")[["split", "model", "spearman"]].round(2).values.tolist()
+    >>> out = drivers_by_split(t, models=["m", "absent"], metric="mse")
+    >>> out[["split", "model", "spearman"]].round(2).values.tolist()
     [['s', 'm', 1.0]]
     """
     parts = [error_drivers(part, model=model, metric=metric, **options).assign(split=split, model=model)
@@ -390,7 +391,8 @@ def drivers_by_split(table: pd.DataFrame, *, models: list[str], metric: str, **o
         return pd.concat(parts, ignore_index=True)
     out = pd.DataFrame(columns=["covariate", "spearman", "spearman_low", "spearman_high", "coefficient", "coef_low",
                                 "coef_high", "n", "note", "split", "model"])
-    out.attrs["skipped"] = [{"analysis": "error drivers", "reason": f"no scores of {', '.join(models) or 'any model'} on {metric}"}]
+    out.attrs["skipped"] = [{"analysis": "error drivers",
+                             "reason": f"no scores of {', '.join(models) or 'any model'} on {metric}"}]
     return out
 
 

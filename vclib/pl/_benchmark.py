@@ -25,7 +25,8 @@ def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = Non
     rows = summary[summary["metric"] == metric]
     models = rows[rows["model"] != "ceiling"]
     if models.empty:
-        return empty(_axes(ax, (6, 2)), f"scores for {metric}", why_empty(summary, "nothing was scored (see the skipped analyses above)"))
+        return empty(_axes(ax, (6, 2)), f"scores for {metric}",
+                     why_empty(summary, "nothing was scored (see the skipped analyses above)"))
     order = models.groupby("model")["mean"].mean().sort_values(
         ascending=not _higher_is_better(metric)).index.tolist()
     split_names = sorted(rows["split"].unique()) if "split" in rows else [None]
@@ -67,7 +68,8 @@ def versus_baseline(comparison: pd.DataFrame, *, metric: str, ax: plt.Axes | Non
     """
     rows = comparison[comparison["metric"] == metric].copy()
     if rows.empty:
-        return empty(_axes(ax, (6, 2)), f"comparison on {metric}", why_empty(comparison, "nothing was compared (see the skipped analyses above)"))
+        return empty(_axes(ax, (6, 2)), f"comparison on {metric}",
+                     why_empty(comparison, "nothing was compared (see the skipped analyses above)"))
     rows["label"] = rows["model"] + ("  ·  " + rows["split"] if "split" in rows else "")
     rows = rows.sort_values(["split", "difference"] if "split" in rows else ["difference"])
     ax = _axes(ax, (6, 0.35 * len(rows) + 1.5))

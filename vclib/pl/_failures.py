@@ -54,7 +54,8 @@ def error_vs_covariate(table: pd.DataFrame, *, metric: str, covariate: str, mode
         rows = rows[rows["model"].isin(models)]
     ax = _axes(ax, (6, 4))
     if rows.empty:
-        return empty(ax, f"conditions with {covariate}", why_empty(table, f"no scored condition has a {covariate} value"))
+        return empty(ax, f"conditions with {covariate}",
+                     why_empty(table, f"no scored condition has a {covariate} value"))
     for k, (model, group) in enumerate(rows.groupby("model", sort=True)):
         ax.scatter(group[covariate], group["value"], s=8, alpha=0.35, color=f"C{k}")
         bins = pd.qcut(group[covariate], q=min(6, group[covariate].nunique()), duplicates="drop")
