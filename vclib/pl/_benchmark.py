@@ -13,14 +13,16 @@ from vclib.pl._base import differences, empty, why_empty
 
 def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = None) -> plt.Axes:
     """Mean score with its bootstrap 95% CI per model, one colour per split (output of
-    :func:`vclib.metrics.aggregate`). The ceiling, when present, is drawn as a dashed line per split.
+    :func:`vclib.metrics.aggregate`), each model labelled with its n (perturbations scored; per split, separated by
+    "/", when they differ). The ceiling, when present, is drawn as a dashed line per split.
 
     Examples
     --------
     >>> import pandas as pd
     >>> s = pd.DataFrame({"model": ["a", "b"], "split": "s", "metric": "mse", "mean": [1.0, 2.0],
-    ...                   "ci_low": [0.8, 1.7], "ci_high": [1.2, 2.2]})
-    >>> ax = leaderboard(s, metric="mse")
+    ...                   "ci_low": [0.8, 1.7], "ci_high": [1.2, 2.2], "n": [20, 8]})
+    >>> [t.get_text() for t in leaderboard(s, metric="mse").get_yticklabels()]
+    ['a (n = 20)', 'b (n = 8)']
     """
     rows = summary[summary["metric"] == metric]
     models = rows[rows["model"] != "ceiling"]
@@ -41,7 +43,12 @@ def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = Non
         ceiling = rows[(rows["model"] == "ceiling") & ((rows["split"] == split) if split else True)]
         if len(ceiling):
             ax.axvline(ceiling["mean"].mean(), color=f"C{k}", ls="--", lw=1)
-    ax.set_yticks(np.arange(len(order)), order)
+    if "n" in models:  # every row shows how many perturbations its mean rests on (per split when they differ)
+        ns = models.groupby("model")["n"].agg(lambda n: "/".join(dict.fromkeys(str(int(v)) for v in n)))
+        labels = [f"{m} (n = {ns[m]})" for m in order]
+    else:
+        labels = order
+    ax.set_yticks(np.arange(len(order)), labels)
     ax.invert_yaxis()
     better = "higher" if _higher_is_better(metric) else "lower"
     ax.set_xlabel(f"{metric} ({better} is better; dashed: noise ceiling)")
