@@ -9,6 +9,7 @@ import pytest
 
 import vclib as vc
 from vclib import failures as F
+from vclib.schema import VclibInputError
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +203,15 @@ def test_failure_browser_shows_the_chosen_condition():
     model_box, condition_box = widget.children[:2]
     assert model_box.value == "m" and condition_box.value == "s · 0 · c|p0"
     assert len(condition_box.options) == 3
+
+
+def test_read_results_refuses_parts_that_describe_different_data(tmp_path):
+    for name in ("benchmark_scores.csv", "splits.csv", "observed_effects.csv"):
+        (tmp_path / name).write_text("x\n")
+    pb = ad.AnnData(np.zeros((1, 2), dtype=np.float32))
+    pb.uns["vclib"] = {"values": "log1p", "fingerprint": "aaaa"}
+    pb.write_h5ad(tmp_path / "pseudobulk.h5ad")
+    (tmp_path / "benchmark").mkdir()
+    (tmp_path / "benchmark" / "manifest.json").write_text('{"fingerprint": "bbbb"}')
+    with pytest.raises(VclibInputError, match="mixes results of different data: notebook 01 .* aaaa, notebook 02"):
+        F.read_results(tmp_path)

@@ -584,3 +584,15 @@ def test_undefined_values_say_why(data):
     assert (pds["note"] == "one perturbation in its context: nothing to tell it apart from").all()
     summary = M.aggregate(pds).iloc[0]
     assert summary["n"] == 0 and summary["note"] == "one perturbation in its context: nothing to tell it apart from"
+
+
+def test_beyond_ceiling_names_models_above_it_with_the_reason():
+    perts = [f"p{i}" for i in range(12)]
+    rng = np.random.default_rng(0)
+    rows = [pd.DataFrame({"model": model, "split": "s", "metric": "pearson_delta", "context": "c",
+                          "perturbation": perts, "value": level + rng.normal(0, 0.01, len(perts))})
+            for model, level in [("ceiling", 0.6), ("above", 0.8), ("below", 0.4)]]
+    out = vc.metrics.beyond_ceiling(pd.concat(rows, ignore_index=True))
+    assert out["model"].tolist() == ["above"]  # "below" is under the ceiling: not listed
+    assert out["difference"].iloc[0] == pytest.approx(0.2, abs=0.02)
+    assert "noisy halves" in out["why"].iloc[0]  # pearson_delta has a full-size correction
