@@ -203,6 +203,9 @@ def test_failure_browser_shows_the_chosen_condition():
     model_box, condition_box = widget.children[:2]
     assert model_box.value == "m" and condition_box.value == "s · 0 · c|p0"
     assert len(condition_box.options) == 3
+    condition_box.value = "s · 0 · c|p2"  # what a click in the dropdown does: the callback redraws
+    title = widget.result.axes[0].get_title()
+    assert "c|p2" in title and "pearson_delta = 0.300" in title
 
 
 def test_read_results_refuses_parts_that_describe_different_data(tmp_path):
