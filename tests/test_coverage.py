@@ -588,3 +588,13 @@ def test_notebook_on_real_data(tmp_path, dataset, keys, n_contexts):
     assert len(transfer) == pairs and (transfer["n_shared"] == 1).all()
     assert transfer["same_corrected"].notna().all()
     assert len(pd.read_csv(out / "target_coverage.csv")) == n_contexts
+
+
+def test_distance_plots_of_signatures_give_the_signature_reason():
+    sig = ad.AnnData(np.array([[1.0, 2, 3], [3, 2, 1]]),
+                     obs=pd.DataFrame({"perturbation": ["d", "d"], "context": ["a", "b"]}, index=["0", "1"]))
+    sig = vc.loaders.read(sig, values="signature")
+    distances = vc.coverage.control_distances(sig)
+    pairs = vc.coverage.distance_vs_transfer(distances, vc.coverage.summarize_transfer(vc.coverage.transferability(sig)))
+    for ax in (vc.pl.distance_heatmap(distances), vc.pl.distance_vs_transfer(pairs)):
+        assert "response signatures without cells" in ax.texts[0].get_text()

@@ -480,7 +480,9 @@ def distance_vs_transfer(distances: pd.DataFrame, summary: pd.DataFrame) -> pd.D
     3
     """
     keep = [c for c in ["context_a", "context_b", "edistance", "correlation_distance"] if c in distances]
-    return distances[keep].merge(summary.drop(columns=["note"], errors="ignore"), on=["context_a", "context_b"])
+    out = distances[keep].merge(summary.drop(columns=["note"], errors="ignore"), on=["context_a", "context_b"])
+    out.attrs["skipped"] = list(distances.attrs.get("skipped", []))  # e.g. no distances for signatures, and why
+    return out
 
 
 def _mantel_spearman(D: np.ndarray, T: np.ndarray, *, n_permutations: int,

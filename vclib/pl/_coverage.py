@@ -12,7 +12,7 @@ from scipy.spatial.distance import squareform
 
 from vclib.coverage import distance_matrix, rank_correlation
 from vclib.pl._base import axes as _axes
-from vclib.pl._base import empty
+from vclib.pl._base import empty, why_empty
 from vclib.schema import CONTEXT_KEY
 
 _FEW_CONTEXTS = "coverage analysis compares contexts and needs at least 2"
@@ -104,7 +104,7 @@ def distance_heatmap(distances: pd.DataFrame, *, value: str = "edistance", ax: p
     n = len(set(distances["context_a"]) | set(distances["context_b"]))
     ax = _axes(ax, (2.2 + 0.6 * n, 1.5 + 0.5 * n))
     if distances.empty:
-        return empty(ax, "context pairs", _FEW_CONTEXTS)
+        return empty(ax, "context pairs", why_empty(distances, _FEW_CONTEXTS))
     matrix = distance_matrix(distances, value=value)
     order = _cluster_order(matrix)
     matrix = matrix.loc[order, order]
@@ -128,7 +128,7 @@ def transfer_pairs(summary: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.
     """
     ax = _axes(ax, (6, 1.2 + 0.35 * max(len(summary), 1)))
     if summary.empty:
-        return empty(ax, "pairs of contexts sharing a perturbation", _FEW_CONTEXTS)
+        return empty(ax, "pairs of contexts sharing a perturbation", why_empty(summary, _FEW_CONTEXTS))
     table = summary.sort_values("transfer").reset_index(drop=True)
     y = np.arange(len(table))
     labels = [f"{a} – {b} (n={n})" for a, b, n in zip(table["context_a"], table["context_b"], table["n_shared"],
@@ -204,7 +204,8 @@ def distance_vs_transfer(
     ax = _axes(ax, (4.5, 4))
     ok = pairs.dropna(subset=[distance, transfer]) if len(pairs) else pairs
     if ok.empty:
-        return empty(ax, "pairs of contexts with both a distance and a transfer estimate", _FEW_CONTEXTS)
+        return empty(ax, "pairs of contexts with both a distance and a transfer estimate",
+                     why_empty(pairs, _FEW_CONTEXTS))
     ax.scatter(ok[distance], ok[transfer], color="C0")
     if len(ok) <= 15:
         for a, b, x, y in zip(ok["context_a"], ok["context_b"], ok[distance], ok[transfer], strict=True):
