@@ -147,7 +147,7 @@ def test_empty_condition_label(sim):
     labels = sim.obs["perturbation"].astype(object)
     labels.iloc[[10, 11]] = np.nan
     sim.obs["perturbation"] = labels
-    with pytest.raises(VclibInputError, match=r"2 cells have an empty perturbation label \(e.g. cells "
+    with pytest.raises(VclibInputError, match=r"2 cells have an empty perturbation label \(NaN\) \(e.g. cells "
                                               r"'cell000010', 'cell000011'\)"):
         vc.loaders.read(sim)
 

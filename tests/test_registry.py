@@ -400,6 +400,166 @@ def test_gzip_download_is_unpacked(server, tmp_path):
     assert path.name == "mcfaline23_gxe_processed.h5ad" and path.read_bytes() == inner.read_bytes()
 
 
+# ------------------------------------ downloads without a checksum: cut short, wrong size, stale in the cache --
+
+
+class _CutHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files[path] = (body, content_length)``: exactly ``body``, with a Content-Length header
+    only if one is given (HTTP/1.0: the connection closes after the body, so the client cannot tell it is
+    cut short unless a Content-Length says so). Every request's path is appended to ``server.hits``."""
+
+    def do_GET(self):
+        self.server.hits.append(self.path)
+        if self.path not in self.server.files:
+            self.send_error(404)
+            return
+        body, length = self.server.files[self.path]
+        self.send_response(200)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def cut_server(monkeypatch):
+    """An HTTP server on 127.0.0.1 with :class:`_CutHandler`; yields (base URL, files, hits)."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutHandler)
+    httpd.files, httpd.hits = {}, []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.files, httpd.hits
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def _no_checksum_entry(kind: str, base: str, tmp_path: Path) -> tuple[vc.loaders.Dataset, bytes]:
+    """A registry entry without checksum served at ``{base}/{kind}``, and the complete bytes of its file: a
+    small h5ad (kang_2018), a zip holding one (norman_2019_gears) or a gzip of one (mcfaline_figueroa_2023)."""
+    h5ad = tmp_path / "small.h5ad"
+    ad.AnnData(X=np.ones((3, 2), dtype=np.float32)).write_h5ad(h5ad)
+    name, payload = {"h5ad": ("kang_2018", h5ad.read_bytes()),
+                     "zip": ("norman_2019_gears", None),
+                     "gz": ("mcfaline_figueroa_2023", gzip.compress(h5ad.read_bytes()))}[kind]
+    if kind == "zip":
+        with zipfile.ZipFile(tmp_path / "small.zip", "w") as zf:
+            zf.write(h5ad, "norman/perturb_processed.h5ad")
+        payload = (tmp_path / "small.zip").read_bytes()
+    entry = dataclasses.replace(REGISTRY[name], url=f"{base}/{kind}", known_hash=None, size_bytes=None)
+    return entry, payload
+
+
+def _fetch_again_succeeds(entry, payload, files, hits, cache):
+    """The server now sends the whole file: fetch downloads it and caches exactly the download (+ its h5ad)."""
+    files[f"/{entry.url.rsplit('/', 1)[1]}"] = (payload, len(payload))
+    n_hits = len(hits)
+    (path,) = vc.loaders.fetch(entry, cache_dir=cache, progressbar=False)
+    assert len(hits) == n_hits + 1
+    assert path == cache / entry.h5ad_name and (cache / entry.filename).read_bytes() == payload
+    assert sorted(p.name for p in cache.iterdir()) == sorted({entry.filename, entry.h5ad_name})
+    ad.read_h5ad(path)
+
+
+def test_truncated_h5ad_without_content_length_is_not_cached(cut_server, tmp_path):
+    base, files, hits = cut_server
+    entry, payload = _no_checksum_entry("h5ad", base, tmp_path)
+    files["/h5ad"] = (payload[: len(payload) // 2], None)
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match=r"is not a complete h5ad \(OSError: .*truncated file.*\): the download "
+                                            r"was cut short.*Nothing was kept in the cache\. Try again") as err:
+        vc.loaders.fetch(entry, cache_dir=cache, progressbar=False)
+    assert f"{base}/h5ad" in str(err.value) and "save it as 'kang_2018.h5ad'" in str(err.value)
+    assert list(cache.iterdir()) == []
+    _fetch_again_succeeds(entry, payload, files, hits, cache)
+
+
+def test_download_of_the_wrong_size_is_not_cached(cut_server, tmp_path):
+    base, files, hits = cut_server
+    entry, payload = _no_checksum_entry("h5ad", base, tmp_path)
+    entry = dataclasses.replace(entry, size_bytes=len(payload))
+    half = len(payload) // 2
+    files["/h5ad"] = (payload[:half], None)
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match=rf"from {base}/h5ad for dataset 'kang_2018' is {half} bytes, the "
+                                            rf"source states {len(payload)}: the download was cut short"):
+        vc.loaders.fetch(entry, cache_dir=cache, progressbar=False)
+    assert list(cache.iterdir()) == []
+    _fetch_again_succeeds(entry, payload, files, hits, cache)
+
+
+def test_response_shorter_than_its_content_length_is_not_cached(cut_server, tmp_path):
+    """requests/urllib3 (as pooch uses them) raise on a body shorter than its Content-Length."""
+    base, files, hits = cut_server
+    entry, payload = _no_checksum_entry("h5ad", base, tmp_path)
+    files["/h5ad"] = (payload[: len(payload) // 2], len(payload))
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match=rf"could not download dataset 'kang_2018' from {base}/h5ad "
+                                            r"\(ChunkedEncodingError: .*IncompleteRead.*Nothing was kept"):
+        vc.loaders.fetch(entry, cache_dir=cache, progressbar=False)
+    assert list(cache.iterdir()) == []
+    _fetch_again_succeeds(entry, payload, files, hits, cache)
+
+
+def test_cut_zip_is_not_cached(cut_server, tmp_path):
+    base, files, hits = cut_server
+    entry, payload = _no_checksum_entry("zip", base, tmp_path)
+    files["/zip"] = (payload[: len(payload) // 2], None)
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match=r"for dataset 'norman_2019_gears' is not a complete zip "
+                                            r"\(BadZipFile: File is not a zip file\): the download was cut short"):
+        vc.loaders.fetch(entry, cache_dir=cache, progressbar=False)
+    assert list(cache.iterdir()) == []  # neither the zip nor an unpacked h5ad
+    _fetch_again_succeeds(entry, payload, files, hits, cache)
+
+
+def test_cut_gzip_is_not_cached(cut_server, tmp_path):
+    base, files, hits = cut_server
+    entry, payload = _no_checksum_entry("gz", base, tmp_path)
+    files["/gz"] = (payload[: len(payload) // 2], None)
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match=r"for dataset 'mcfaline_figueroa_2023' is not a complete gz \(EOFError: "
+                                            r"Compressed file ended before the end-of-stream marker was reached\)"):
+        vc.loaders.fetch(entry, cache_dir=cache, progressbar=False)
+    assert list(cache.iterdir()) == []
+    _fetch_again_succeeds(entry, payload, files, hits, cache)
+
+
+@pytest.mark.parametrize(("kind", "problem"), [
+    ("h5ad", r"is not a complete h5ad \(OSError: .*truncated file"),
+    ("zip", r"cannot be unpacked \(BadZipFile: File is not a zip file\)"),
+    ("gz", r"cannot be unpacked \(EOFError: Compressed file ended"),
+])
+def test_cut_file_already_in_the_cache_is_deleted_and_downloaded_again(cut_server, tmp_path, kind, problem):
+    """A file without checksum cut short by an older vclib: re-verified before reuse, deleted, downloaded once."""
+    base, files, hits = cut_server
+    entry, payload = _no_checksum_entry(kind, base, tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / entry.filename).write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(DownloadError, match=rf"the cached file .*{problem}.*, so it was deleted\. Fetch"):
+        vc.loaders.fetch(entry, cache_dir=cache, download=False)
+    assert list(cache.iterdir()) == [] and hits == []
+    (cache / entry.filename).write_bytes(payload[: len(payload) // 2])
+    _fetch_again_succeeds(entry, payload, files, hits, cache)
+    assert hits == [f"/{kind}"]
+    assert vc.loaders.fetch(entry, cache_dir=cache, progressbar=False) == [cache / entry.h5ad_name]
+    assert hits == [f"/{kind}"]  # a complete cached file is reused without contacting the server
+
+
+def test_entries_without_a_checksum_are_named_in_the_module_docstring():
+    from vclib.loaders import _registry
+
+    unhashed = {d.name for d in REGISTRY.values() if not d.components and d.known_hash is None}
+    named = set(re.findall(r"``(\w+)``", _registry.__doc__.split("Entries without a checksum")[1]))
+    assert unhashed <= named and not (named & {d.name for d in REGISTRY.values() if d.known_hash})
+
+
 def test_union_of_cell_lines_is_one_anndata(tmp_path):
     for name, line in [("replogle_2022_k562_essential", "K562"), ("replogle_2022_rpe1_essential", "hTERT-RPE1")]:
         part = _scperturb_crispri("non-targeting" if line == "K562" else "control", line)
@@ -458,6 +618,26 @@ def test_cli_get_reports_failures(capsys, tmp_path, server, monkeypatch):
     assert f"{base}/missing.h5ad" in err and "kang_2018.h5ad" in err
     assert cli.main(["datasets", "get", "no_such_screen"]) == 2
     assert "registered:" in capsys.readouterr().err
+
+
+def test_cli_get_fails_on_a_truncated_download(capsys, tmp_path, cut_server, monkeypatch):
+    from vclib.loaders import _registry
+
+    base, files, _ = cut_server
+    entry, payload = _no_checksum_entry("h5ad", base, tmp_path)
+    files["/h5ad"] = (payload[: len(payload) // 2], None)
+    monkeypatch.setattr(_registry, "REGISTRY", {**_registry.REGISTRY, "kang_2018": entry})
+    cache = tmp_path / "cache"
+    argv = ["datasets", "get", "kang_2018", "--cache-dir", str(cache), "--no-progress"]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.search(rf"^vclib: the file downloaded from {base}/h5ad for dataset 'kang_2018' is not a complete "
+                     r"h5ad \(OSError: .*truncated file", captured.err)
+    assert list(cache.iterdir()) == []
+    files["/h5ad"] = (payload, len(payload))
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(cache / "kang_2018.h5ad")
 
 
 # ------------------------------------------- biology checks: recipes on real subsets of these datasets --

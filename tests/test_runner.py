@@ -116,3 +116,105 @@ def test_interrupted_run_resumes(tmp_path):
     shutil.move(run_dir / first, tmp_path / "kept.ipynb")  # as if the run stopped before it finished
     runner.run(parameters=small, resume=run_dir, html=False)
     assert (run_dir / first).exists()
+
+
+def _tiny_notebooks(folder, *, sleep: float = 0.0):
+    """Two quick notebooks with a parameters cell, each writing a table: the runner's phases without the science."""
+    folder.mkdir()
+    for number, name in [(1, "first"), (2, "second")]:
+        nb = nbformat.v4.new_notebook()
+        params = nbformat.v4.new_code_cell(f'RESULTS_DIR = "."\nSLEEP = {sleep}')
+        params.metadata["tags"] = ["parameters"]
+        work = (f"import time, pathlib\ntime.sleep(SLEEP)\n"
+                f"pathlib.Path(RESULTS_DIR, '{name}.csv').write_text('x\\n{number}\\n')")
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# Step {number}"), params, nbformat.v4.new_code_cell(work)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / f"0{number}_{name}.ipynb")
+    return folder
+
+
+def _complete(run_dir) -> None:
+    """A finished run: both notebooks, both HTML copies, both tables, an index linking every page."""
+    for name in ("01_first", "02_second"):
+        assert (run_dir / f"{name}.ipynb").exists() and (run_dir / f"{name}.html").exists()
+        assert f'href="{name}.html"' in (run_dir / runner.REPORT_FILE).read_text()
+    assert (run_dir / "second.csv").read_text() == "x\n2\n"
+    assert not list(run_dir.glob(".partial-*")) and "(not run)" not in (run_dir / runner.REPORT_FILE).read_text()
+
+
+def test_kill_during_a_notebook_resumes_to_a_complete_report(tmp_path, monkeypatch):
+    import papermill as pm
+
+    notebooks = _tiny_notebooks(tmp_path / "nb")
+    real = pm.execute_notebook
+
+    def dies_in_second(path, out, **kw):
+        if "02_" in path:
+            real(path, out, **kw)  # ran, but the process dies before the runner sees it finish
+            raise KeyboardInterrupt
+        return real(path, out, **kw)
+
+    monkeypatch.setattr(pm, "execute_notebook", dies_in_second)
+    with pytest.raises(runner.Interrupted, match=r"interrupted in 02_second.ipynb.*Resume with: vclib run --resume"):
+        runner.run(results_dir=tmp_path, name="r", notebooks_dir=notebooks, progress=False)
+    run_dir = tmp_path / "r"
+    assert (run_dir / "01_first.html").exists() and not (run_dir / "02_second.ipynb").exists()
+    assert not (run_dir / runner.REPORT_FILE).exists()
+    monkeypatch.setattr(pm, "execute_notebook", real)
+    runner.run(resume=run_dir, notebooks_dir=notebooks, progress=False)
+    _complete(run_dir)
+
+
+def test_kill_between_html_and_rename_resumes_to_a_complete_report(tmp_path, monkeypatch):
+    notebooks = _tiny_notebooks(tmp_path / "nb")
+    real = runner._export_html
+
+    def dies_after_first_html(notebook, target):
+        real(notebook, target)
+        if target.name == "01_first.html":
+            raise SystemExit("killed")  # the HTML is written, the notebook not yet renamed into place
+
+    monkeypatch.setattr(runner, "_export_html", dies_after_first_html)
+    with pytest.raises(SystemExit):
+        runner.run(results_dir=tmp_path, name="r", notebooks_dir=notebooks, progress=False)
+    run_dir = tmp_path / "r"
+    assert not (run_dir / "01_first.ipynb").exists()  # not counted as finished: it is redone on resume
+    monkeypatch.setattr(runner, "_export_html", real)
+    runner.run(resume=run_dir, notebooks_dir=notebooks, progress=False)
+    _complete(run_dir)
+
+
+def test_missing_html_or_index_is_redone_on_resume(tmp_path):
+    notebooks = _tiny_notebooks(tmp_path / "nb")
+    run_dir = runner.run(results_dir=tmp_path, name="r", notebooks_dir=notebooks, progress=False)
+    kept = (run_dir / "02_second.ipynb").stat().st_mtime_ns
+    (run_dir / "01_first.html").unlink()  # as an older vclib left it: killed between the rename and the HTML
+    (run_dir / runner.REPORT_FILE).unlink()
+    runner.run(resume=run_dir, notebooks_dir=notebooks, progress=False)
+    _complete(run_dir)
+    assert (run_dir / "02_second.ipynb").stat().st_mtime_ns == kept  # finished notebooks are not re-run
+
+
+def test_sigkill_of_vclib_run_resumes(tmp_path):
+    """A real SIGKILL of the whole process group while a notebook runs, then `vclib run --resume`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    notebooks = _tiny_notebooks(tmp_path / "nb", sleep=1.5)
+    command = [sys.executable, "-c", "import sys; from vclib.cli import main; sys.exit(main(sys.argv[1:]))",
+               "run", "--results", str(tmp_path), "--name", "r", "--notebooks", str(notebooks)]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "r"
+    deadline = time.monotonic() + 120
+    while not (run_dir / "01_first.ipynb").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the runner and its kernel, in the second notebook
+    process.wait()
+    assert (run_dir / "01_first.ipynb").exists() and not (run_dir / runner.REPORT_FILE).exists()
+    code = subprocess.run([*command[:3], "run", "--resume", str(run_dir), "--notebooks", str(notebooks)],
+                          capture_output=True, text=True).returncode
+    assert code == 0
+    _complete(run_dir)

@@ -293,14 +293,16 @@ def run(
     wants_de = metrics is None or any(m in DE_METRICS for m in metrics)
     tables = split_tables(obs, splits=splits, seeds=seeds, split_options=split_options)
     skipped, notes = list(tables.attrs["skipped"]), list(tables.attrs["notes"])
+    if results_dir is not None:
+        results_dir = Path(results_dir)
+        _claim(results_dir, {"vclib_version": __version__, "fingerprint": None if tables.empty else obs.fingerprint,
+                             "seeds": sorted(set(tables["seed"])), "metrics": metrics, "evaluate": evaluate_options})
     if tables.empty:  # nothing applies to this data: an empty table that says why, not an exception
         scores = pd.DataFrame(columns=["context", "perturbation", "metric", "value", "note", "model", "split",
                                        "fold", "seed"])
         scores.attrs.update(skipped=skipped, notes=notes, splits=tables, fingerprint=None,
                             identical=identical_models({}, scores))
         if results_dir is not None:
-            results_dir = Path(results_dir)
-            results_dir.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(columns=["model", "split", "fold", "seed", "scores", "predictions", "data"]).to_csv(
                 results_dir / INDEX_FILE, index=False)  # an empty run that later steps can read
             tables.to_csv(results_dir / SPLITS_FILE, index=False)
@@ -353,16 +355,33 @@ def run(
         (skipped if is_skip else notes).append(entry)
     identical = identical_models(predictions, scores, data=obs)
     if cells_dir is not None:
-        results_dir = Path(results_dir)
         pd.DataFrame(index).to_csv(results_dir / INDEX_FILE, index=False)
         tables.to_csv(results_dir / SPLITS_FILE, index=False)
         identical.to_csv(results_dir / IDENTICAL_FILE, index=False)
         _write_notes(results_dir, skipped, notes)
-        (results_dir / MANIFEST_FILE).write_text(json.dumps(
-            {"vclib_version": __version__, "fingerprint": data_hash, "seeds": sorted(set(tables["seed"])),
-             "metrics": metrics, "evaluate": evaluate_options}, indent=1, default=str))
     scores.attrs.update(skipped=skipped, notes=notes, identical=identical, splits=tables, fingerprint=data_hash)
     return scores
+
+
+def _claim(results_dir: Path, manifest: dict) -> None:
+    """Make ``results_dir`` this benchmark's folder by writing its manifest first. A folder that holds files with
+    the names run() writes but no vclib manifest is someone else's: refused, since vclib never replaces a file it
+    did not create."""
+    own = results_dir / MANIFEST_FILE
+    try:
+        ours = "vclib_version" in json.loads(own.read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        clash = [f for f in (MANIFEST_FILE, INDEX_FILE, SPLITS_FILE, IDENTICAL_FILE, SKIPPED_FILE)
+                 if (results_dir / f).exists()]
+        if clash:
+            raise VclibInputError(
+                f"results_dir {str(results_dir)!r} holds {', '.join(clash)}, not written by vclib.benchmark.run (no "
+                f"vclib {MANIFEST_FILE}); vclib never replaces files it did not create. Pass another results_dir= "
+                "(a new or empty folder).")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    own.write_text(json.dumps(manifest, indent=1, default=str))
 
 
 def _per_split(said: list[tuple], tables: pd.DataFrame) -> list[tuple[bool, dict]]:

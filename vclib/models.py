@@ -149,11 +149,24 @@ class ExternalPredictions(PseudobulkBaseline):
             source = source[(self.split, self.fold)]
         if isinstance(source, ad.AnnData):
             return source, "AnnData"
-        path = Path(str(source).format(split=self.split, fold=self.fold))
+        path = self._path(source)
         if not path.exists():
             raise VclibInputError(f"external predictions {str(path)!r} not found (split {self.split!r}, "
                                   f"fold {self.fold!r}).")
-        return ad.read_h5ad(path), str(path)
+        try:
+            return ad.read_h5ad(path), str(path)
+        except Exception as err:  # h5py/anndata raise many types for corrupt or truncated files
+            raise VclibInputError(f"cannot read external predictions {str(path)!r} as h5ad ({type(err).__name__}: "
+                                  f"{err}). Is the file complete? Write it again with adata.write_h5ad.") from err
+
+    def _path(self, template) -> Path:
+        """The file of this split fold: ``template`` with ``{split}`` and ``{fold}`` filled in."""
+        try:
+            return Path(str(template).format(split=self.split, fold=self.fold))
+        except (KeyError, IndexError, ValueError) as err:
+            raise VclibInputError(f"the predictions path {str(template)!r} has a placeholder other than {{split}} "
+                                  f"and {{fold}} ({type(err).__name__}: {err}); write e.g. "
+                                  "'preds/{split}_{fold}.h5ad'.") from None
 
     def content_hash(self) -> str:
         """A hash of the predictions this object reads for its split fold (the file's bytes, or an in-memory
@@ -167,7 +180,7 @@ class ExternalPredictions(PseudobulkBaseline):
             h.update(pd.util.hash_pandas_object(source.obs.astype(str), index=True).to_numpy().tobytes())
             h.update("\n".join(map(str, source.var_names)).encode())
             return h.hexdigest()[:16]
-        path = Path(str(source).format(split=self.split, fold=self.fold)) if source is not None else None
+        path = self._path(source) if source is not None else None
         if path is None or not path.exists():
             return "missing"
         with path.open("rb") as handle:

@@ -25,6 +25,7 @@ from vclib.schema import (
     SIGNATURE,
     TARGET_SUM,
     VclibInputError,
+    check_cells,
     check_columns,
     condition_id,
 )
@@ -126,8 +127,8 @@ def pseudobulk(
     >>> pb.obs.columns.tolist()
     ['context', 'perturbation', 'n_cells', 'is_control']
     """
+    values = check_cells(adata, perturbation_key=perturbation_key, context_key=context_key, what="pseudobulk")
     table, codes = _conditions(adata.obs, perturbation_key, context_key)
-    values = adata.uns.get("vclib", {}).get("values", LOG1P)
     means, sizes = group_means(adata.X, codes, len(table), values=values, chunk_size=chunk_size)
     out = _as_anndata(table.assign(n_cells=sizes), means, adata.var, control=control)
     out.uns["vclib"] = {"values": SIGNATURE if values == SIGNATURE else LOG1P}  # what a row is: a response or a mean

@@ -202,15 +202,47 @@ def check_columns(obs: pd.DataFrame, keys: Iterable[str]) -> None:
         )
 
 
-def check_labels(obs: pd.DataFrame) -> None:
-    for key in (PERTURBATION_KEY, CONTEXT_KEY):
+MISSING_LABELS = ("", "nan", "NaN", "NAN", "None", "<NA>")  # missing values written as text (pandas, scPerturb)
+
+
+def check_labels(obs: pd.DataFrame, keys: Iterable[str] = (PERTURBATION_KEY, CONTEXT_KEY), *,
+                 control: str = CONTROL) -> None:
+    """Raise if some cell has no label in one of ``keys``: NaN, empty, or missing written as text (``'nan'``,
+    ``'None'``, ... as scPerturb's files have), naming the cells and how many there are. The control label is
+    never taken for a missing one (a screen may call its controls ``"None"``)."""
+    for key in keys:
         col = obs[key]
-        blank = col.isna() | (col.astype(str).str.strip() == "")
+        text = col.astype(str).str.strip()
+        blank = col.isna().to_numpy() | (text.isin(MISSING_LABELS) & (text != control)).to_numpy()
         if blank.any():
+            seen = sorted({"NaN" if pd.isna(v) else repr(t) for v, t in zip(col[blank], text[blank], strict=True)})
             raise VclibInputError(
-                f"{int(blank.sum())} cells have an empty {key} label (e.g. cells "
+                f"{int(blank.sum())} cells have an empty {key} label ({', '.join(seen)}) (e.g. cells "
                 f"{', '.join(map(repr, obs.index[blank][:3]))}); every cell needs a {key}: label them or drop them."
             )
+
+
+def check_cells(adata: ad.AnnData, *, perturbation_key: str = PERTURBATION_KEY, context_key: str = CONTEXT_KEY,
+                what: str = "this function") -> str:
+    """Raise unless ``adata`` holds cells vclib can average and rank; return what ``X`` holds.
+
+    Data loaded with :func:`vclib.loaders.read` carries its contract in ``uns["vclib"]["values"]`` and is
+    trusted. Data without it (built by hand, or a model's predictions) is checked on a sample of rows: raw counts
+    are refused, naming :func:`vclib.loaders.read`, so they never reach a pseudobulk or a DE test as if they were
+    log1p.
+    """
+    check_columns(adata.obs, [perturbation_key, context_key])
+    stamped = adata.uns.get("vclib", {}).get("values") if isinstance(adata.uns.get("vclib"), dict) else None
+    if stamped is not None:
+        return stamped
+    if detect_values(adata.X) == COUNTS:
+        raise VclibInputError(
+            f"{what} needs log1p-normalised expression, but X holds integers (raw counts?) and this AnnData was not "
+            "loaded with vc.loaders.read() (no uns['vclib']). Load it with "
+            "vc.loaders.read(adata, perturbation_key=..., context_key=..., control=...), which detects counts and "
+            "normalises them."
+        )
+    return LOG1P
 
 
 def check_controls(obs: pd.DataFrame, *, control: str = CONTROL, kind: str = "cells") -> None:
@@ -301,7 +333,7 @@ def validate(adata: ad.AnnData, *, control: str = CONTROL) -> None:
     check_controls(adata.obs, control=control)
     check_finite(adata.X, obs_names=adata.obs_names)
     found = detect_values(adata.X)
-    if found != values:
+    if found not in (values, "unknown"):  # "unknown": the user stated values='log1p' for data detection cannot place
         raise VclibInputError(
             f"X should hold {values} but looks like {found}. Load the data with vclib.loaders.read(), which "
             "detects raw counts and converts them, instead of changing X afterwards."

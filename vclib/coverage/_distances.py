@@ -23,7 +23,7 @@ from vclib.schema import (
     SIGNATURE,
     TARGET_SUM,
     VclibInputError,
-    check_columns,
+    check_cells,
 )
 
 METRICS = ("sqeuclidean", "euclidean")
@@ -248,7 +248,7 @@ def control_distances(
         out.attrs["skipped"] = [{"analysis": "context distances", "reason": (
             "these are response signatures without cells: context distances need control cells")}]
         return out
-    check_columns(adata.obs, [perturbation_key, context_key])
+    check_cells(adata, perturbation_key=perturbation_key, context_key=context_key, what="control_distances")
     is_control = (adata.obs[perturbation_key].astype(str) == control).to_numpy()
     contexts = adata.obs[context_key].astype(str).to_numpy()
     names = sorted(set(contexts))

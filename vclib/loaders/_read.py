@@ -68,6 +68,21 @@ def _open(data: str | Path | ad.AnnData, *, backed: bool) -> tuple[ad.AnnData, s
         ) from err
 
 
+def _check_values(matrix, values: str) -> str:
+    """What the matrix holds: detected for ``values="auto"``; a stated value is checked against the detection,
+    so log1p data read as counts (or counts as log1p) is refused instead of transformed twice (or never)."""
+    detected = schema.detect_values(matrix)
+    if values == "auto":
+        return detected
+    if values == COUNTS and detected != COUNTS:
+        raise VclibInputError(f"values='counts', but X does not hold integer counts (it looks like {detected}). "
+                              "Pass values='auto' to detect what it holds, or layer='counts' if counts are in a layer.")
+    if values != COUNTS and detected == COUNTS:
+        raise VclibInputError(f"values={values!r}, but X holds non-negative integers, i.e. raw counts. Pass "
+                              "values='auto' (or 'counts'): vclib then normalises them.")
+    return values
+
+
 def read(
     data: str | Path | ad.AnnData,
     *,
@@ -142,12 +157,20 @@ def read(
     obs = source.obs.copy()
     obs[PERTURBATION_KEY] = obs[perturbation_key]
     obs[CONTEXT_KEY] = obs[context_key] if context_key is not None else DEFAULT_CONTEXT
-    schema.check_labels(obs)
+    schema.check_labels(obs, control=control)
     for key in (PERTURBATION_KEY, CONTEXT_KEY):
         obs[key] = obs[key].astype(str).astype("category").cat.remove_unused_categories()
 
+    if source.n_obs == 0 or source.n_vars == 0:
+        raise VclibInputError(f"{where} holds {source.n_obs} cells × {source.n_vars} genes: nothing to analyse. Check "
+                              "the subsetting that made it (e.g. a filter that removed every cell or gene).")
     matrix = source.layers[layer] if layer is not None else source.X
-    found = SIGNATURE if values == SIGNATURE else schema.detect_values(matrix) if values == "auto" else values
+    half = getattr(matrix, "dtype", None) == np.float16
+    if half:  # scipy.sparse and scanpy do not compute in float16; float32 holds every float16 value exactly
+        if backed:
+            raise VclibInputError("X is float16, which backed mode cannot read chunk by chunk; pass backed=False.")
+        matrix = matrix.astype(np.float32)
+    found = SIGNATURE if values == SIGNATURE else _check_values(matrix, values)
     schema.check_finite(matrix, allow_nan=found == SIGNATURE, obs_names=source.obs_names)
     if found != SIGNATURE:
         schema.check_controls(obs, control=control)
@@ -162,7 +185,9 @@ def read(
         obs["perturbation_original"] = obs[PERTURBATION_KEY].copy()
     obs[PERTURBATION_KEY] = obs[PERTURBATION_KEY].map(mapping).astype("category")
     if values == "auto" and found not in (COUNTS, LOG1P):
-        raise VclibInputError(_REFUSALS[found])
+        hint = (" X is stored as float16, whose 3 significant digits can hide log1p values: if it is log1p, pass "
+                "values='log1p'.") if half else ""
+        raise VclibInputError(_REFUSALS[found] + hint)
 
     info = {"source": where, "found": found, "perturbation_key": perturbation_key,
             "context_key": context_key or "", "control": control, "layer": layer or "",

@@ -6,11 +6,21 @@ found, its checksum when one is published, and a :class:`Recipe` that maps the f
 names, control label, combination syntax, normalisation) into vclib's data contract. The harmonisation goes
 through :func:`vclib.loaders.read`, so the contract is checked in one place.
 
-Downloads use `pooch <https://www.fatiando.org/pooch>`_: the file is streamed to a temporary name in the
-cache folder and moved to its final name only once complete and verified, so an interrupted or corrupt
-download never leaves a file that looks cached. Archives are unpacked the same way (temporary name, then
+Downloads use `pooch <https://www.fatiando.org/pooch>`_: the file is streamed into a staging folder inside
+the cache folder (``.partial-*``) and moved to its final name only once complete and verified, so an
+interrupted or corrupt download never leaves a file that looks cached. A response shorter than its
+Content-Length is an error (urllib3 raises it). Archives are unpacked the same way (temporary name, then
 rename). The cache folder is ``$VCLIB_DATA_DIR``, else ``data/cache/`` of a source checkout, else the user
 cache (``pooch.os_cache("vclib")``).
+
+Entries without a checksum (``known_hash=None``): ``norman_2019_gears``, ``adamson_2016``,
+``replogle_2022_k562_essential_gears``, ``replogle_2022_rpe1_essential_gears``, ``kang_2018``,
+``srivatsan_2020_sciplex3``, ``mcfaline_figueroa_2023`` and ``neurips_2023_pbmc``. For these no checksum is
+published and the file could not be hashed here (no internet access where the registry was written); it is
+verified by size where the source states one (``size_bytes``) and by opening it: an h5ad must open with h5py
+and anndata (a truncated HDF5 file does not), a zip must pass ``ZipFile.testzip``, a gzip stream must read to
+its end. A download that fails is not kept; a cached file that fails (e.g. cut short by an older vclib) is
+deleted and downloaded again once.
 """
 
 from __future__ import annotations
@@ -28,15 +38,15 @@ from pathlib import Path
 from types import MappingProxyType
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pooch
 
 from vclib.loaders._read import read
-from vclib.schema import COMBINATION_SEP, CONTEXT_KEY, PERTURBATION_KEY, VclibInputError, validate
+from vclib.schema import COMBINATION_SEP, CONTEXT_KEY, MISSING_LABELS, PERTURBATION_KEY, VclibInputError, validate
 
 ENV_VAR = "VCLIB_DATA_DIR"
-_MISSING_LABELS = {"", "nan", "NaN", "None", "<NA>"}  # NaN written as text
 
 
 class DownloadError(VclibInputError):
@@ -105,9 +115,13 @@ class Dataset:
     filename
         Name of the downloaded file in the cache folder (and of a manually downloaded copy).
     known_hash, hash_source
-        ``"md5:..."`` when a checksum is published, else ``None``; and where it was published.
+        ``"md5:..."`` when a checksum is published, else ``None``; and where it was published. ``None`` means
+        no checksum is published and the file could not be hashed here (the registry was written without
+        internet access); such a file is verified by size where the source states one and by opening it (see
+        :func:`fetch`).
     size_bytes, size_source
-        Size of the download when known, and where the figure comes from.
+        Size of the download when known, and where the figure comes from. Without a checksum, a download of
+        another size is rejected.
     recipe
         The harmonisation into the data contract.
     components
@@ -455,7 +469,7 @@ def _resolve(folder: str | Path | None) -> Path:
 
 def _manual_hint(entry: Dataset, folder: Path) -> str:
     checked = (f"vclib checks its {entry.known_hash.split(':')[0]} ({entry.known_hash.split(':')[1]}) and uses it"
-               if entry.known_hash else "vclib uses it as it is (no checksum is published)")
+               if entry.known_hash else "vclib checks that it opens (no checksum is published) and uses it")
     return (f"To use a copy downloaded by other means (browser, wget, another machine), save it as "
             f"{entry.filename!r} in {folder} (i.e. {folder / entry.filename}), or point ${ENV_VAR} to the folder "
             f"that holds it; {checked} without downloading.")
@@ -502,6 +516,67 @@ def _zip_member(zf: zipfile.ZipFile, entry: Dataset) -> str:
     return matches[0]
 
 
+def _wrong_size(path: Path, size: int | None) -> str | None:
+    """Why a download is not the size its source states, or None."""
+    found = path.stat().st_size
+    return f"is {found} bytes, the source states {size}" if size is not None and found != size else None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a file does not open as the h5ad, zip or gzip its name says it is, or None."""
+    kind = "zip" if path.name.endswith(".zip") else "gz" if path.name.endswith(".gz") else "h5ad"
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            if bad is not None:
+                return f"is not a complete zip (its member {bad!r} is corrupt)"
+        elif kind == "gz":
+            with gzip.open(path) as stream:
+                while stream.read(1 << 24):
+                    pass
+        else:
+            with h5py.File(path, "r") as f:
+                f.visit(lambda name: None)  # reads every group and dataset header
+            ad.read_h5ad(path, backed="r").file.close()
+    except Exception as err:  # h5py, zipfile, gzip and zlib raise many types for a cut file
+        return f"is not a complete {kind} ({type(err).__name__}: {err})"
+    return None
+
+
+class _Unusable(Exception):
+    """A cached file that failed verification; the message says why."""
+
+
+def _verified_cache(entry: Dataset, path: Path, processor) -> Path:
+    """The h5ad of the cached download ``path``, unpacked if needed and verified, without network access.
+
+    Without a checksum the h5ad is opened (cheap); its size is not checked, so a manual copy still works if
+    a source's stated size is wrong. Raises ``_Unusable``. A file whose checksum does not match is left for
+    the user to inspect; an archive that cannot be unpacked, or a file without checksum that does not open,
+    is deleted with what was unpacked from it.
+    """
+    if entry.known_hash:
+        algorithm, expected = entry.known_hash.split(":")
+        found = pooch.file_hash(str(path), alg=algorithm)
+        if found != expected:
+            raise _Unusable(f"does not match the published checksum ({algorithm} {found}, not the published "
+                            f"{expected}): it is incomplete or another file")
+    try:
+        out = Path(processor(str(path), "fetch", None)) if processor is not None else path
+    except DownloadError:
+        raise
+    except Exception as err:  # a cut zip or gz: zipfile, gzip and zlib errors
+        problem = f"cannot be unpacked ({type(err).__name__}: {err})"
+    else:
+        problem = None if entry.known_hash else _unreadable(out)
+    if problem is not None:
+        for stale in (path, path.parent / entry.h5ad_name):
+            stale.unlink(missing_ok=True)
+        raise _Unusable(problem + ", so it was deleted")
+    return out
+
+
 def _cached_only(entry: Dataset, folder: Path, processor) -> Path:
     """The cached h5ad of an entry, verified, without any network access."""
     path = folder / entry.filename
@@ -509,23 +584,54 @@ def _cached_only(entry: Dataset, folder: Path, processor) -> Path:
         raise DownloadError(f"dataset {entry.name!r} is not in the cache ({path} does not exist). Download it "
                             f"with `vclib datasets get {entry.name}` or vc.loaders.fetch({entry.name!r}), or get "
                             f"it from {entry.url}. " + _manual_hint(entry, folder))
-    if entry.known_hash:
-        algorithm, expected = entry.known_hash.split(":")
-        found = pooch.file_hash(str(path), alg=algorithm)
-        if found != expected:
-            raise DownloadError(f"the cached file {path} of dataset {entry.name!r} has {algorithm} {found}, not the "
-                                f"published {expected}: it is incomplete or another file. Delete it and fetch "
-                                f"{entry.name!r} again. " + _manual_hint(entry, folder))
-    return Path(processor(str(path), "fetch", None)) if processor is not None else path
+    try:
+        return _verified_cache(entry, path, processor)
+    except _Unusable as err:
+        advice = "Delete it and fetch" if path.exists() else "Fetch"
+        raise DownloadError(f"the cached file {path} of dataset {entry.name!r} {err}. {advice} {entry.name!r} "
+                            f"again (`vclib datasets get {entry.name}`). " + _manual_hint(entry, folder)) from None
+
+
+def _download(entry: Dataset, folder: Path, *, progressbar: bool, note: str = "") -> None:
+    """Download an entry's file into ``folder``: staged, verified, then moved to its name; ``note`` explains
+    why (a cached file that failed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as staging:
+        try:
+            staged = Path(pooch.retrieve(entry.url, entry.known_hash, fname=entry.filename, path=staging,
+                                         progressbar=progressbar))
+        except ValueError as err:  # pooch's checksum mismatch; the download was deleted
+            if "hash" not in str(err):
+                raise
+            raise DownloadError(
+                f"the file downloaded from {entry.url} for dataset {entry.name!r} does not match its published "
+                f"checksum ({err}). Nothing was kept in the cache. Try again later; if it persists the source "
+                f"changed the file: report it. " + _manual_hint(entry, folder)
+            ) from None
+        except Exception as err:  # requests' connection/HTTP/incomplete-read errors, OS errors
+            raise DownloadError(
+                f"could not download dataset {entry.name!r} from {entry.url} ({type(err).__name__}: {err}). "
+                f"Nothing was kept in the cache.{note} " + _manual_hint(entry, folder)
+            ) from None
+        problem = None if entry.known_hash else _wrong_size(staged, entry.size_bytes) or _unreadable(staged)
+        if problem is not None:
+            raise DownloadError(
+                f"the file downloaded from {entry.url} for dataset {entry.name!r} {problem}: the download was cut "
+                f"short or is another file. Nothing was kept in the cache.{note} Try again; if it persists, "
+                "download it by other means. " + _manual_hint(entry, folder)
+            )
+        os.replace(staged, folder / entry.filename)
 
 
 def fetch(dataset: str | Dataset, *, cache_dir: str | Path | None = None, progressbar: bool = True,
           download: bool = True) -> list[Path]:
     """Download a registered dataset into the cache (if needed), verify it, and return its h5ad file(s).
 
-    The download shows a progress bar, is checked against the published checksum when there is one, and
-    lands in the cache only when complete and verified (pooch streams to a temporary file first). A file
-    already in the cache is reused: re-verified when a checksum is known, never downloaded again.
+    The download shows a progress bar and lands in the cache only when complete and verified: against the
+    published checksum when there is one, else by size where the source states one and by opening it (h5ad,
+    zip or gzip). A response shorter than its Content-Length fails. A file already in the cache is reused
+    after a check (its checksum, or for a file without one opening the h5ad); if that fails, a file without checksum
+    (or an archive that cannot be unpacked) is deleted, and the file is downloaded again once.
 
     Parameters
     ----------
@@ -536,7 +642,7 @@ def fetch(dataset: str | Dataset, *, cache_dir: str | Path | None = None, progre
     progressbar
         Show a progress bar on stderr while downloading.
     download
-        If False, only use the cache and fail if the file is not there.
+        If False, only use the cache and fail if the file is not there (or fails its check).
 
     Returns
     -------
@@ -545,8 +651,9 @@ def fetch(dataset: str | Dataset, *, cache_dir: str | Path | None = None, progre
     Raises
     ------
     DownloadError
-        When the download fails, the checksum does not match, or (``download=False``) the file is not cached.
-        The message names the URL, the expected file name and where to place a manually downloaded copy.
+        When the download fails, is cut short, the checksum or size does not match, the file does not open,
+        or (``download=False``) the file is not cached. The message names the URL, what failed, the expected
+        file name and where to place a manually downloaded copy.
     """
     entry = _entry(dataset)
     if entry.components:
@@ -557,30 +664,27 @@ def fetch(dataset: str | Dataset, *, cache_dir: str | Path | None = None, progre
     processor = _Unpack(entry) if entry.h5ad_name != entry.filename else None
     if not download:
         return [_cached_only(entry, folder, processor)]
-    existed = path.is_file()
+    note = ""
+    if path.is_file():
+        try:
+            return [_verified_cache(entry, path, processor)]
+        except _Unusable as err:
+            note = f" The file already at {path} {err}; vclib tried to download it again."
+    _download(entry, folder, progressbar=progressbar, note=note)
+    if processor is None:
+        return [path]
     try:
-        out = pooch.retrieve(entry.url, entry.known_hash, fname=entry.filename, path=folder,
-                             processor=processor, progressbar=progressbar)
-    except ValueError as err:  # pooch's checksum mismatch; the download was deleted
-        if "hash" not in str(err):
-            raise
-        raise DownloadError(
-            f"the file downloaded from {entry.url} for dataset {entry.name!r} does not match its published "
-            f"checksum ({err}). Nothing was kept in the cache. Try again later; if it persists the source "
-            f"changed the file: report it. " + _manual_hint(entry, folder)
-        ) from None
-    except Exception as err:  # requests' connection/HTTP errors, OS errors
-        stale = (f" The file already at {path} does not match the published checksum {entry.known_hash}, so "
-                 "vclib tried to download it again." if existed and entry.known_hash else "")
-        raise DownloadError(
-            f"could not download dataset {entry.name!r} from {entry.url} ({type(err).__name__}: {err})."
-            f"{stale} " + _manual_hint(entry, folder)
-        ) from None
-    return [Path(out)]
+        return [Path(processor(str(path), "download", None))]
+    except DownloadError:
+        raise
+    except Exception as err:
+        path.unlink(missing_ok=True)  # nothing half-usable stays in the cache
+        raise DownloadError(f"could not unpack {path} of dataset {entry.name!r} ({type(err).__name__}: {err}); it "
+                            "was deleted. Fetch it again. " + _manual_hint(entry, folder)) from None
 
 
 def _missing(labels: pd.Series) -> np.ndarray:
-    return (labels.isna() | labels.astype(str).str.strip().isin(_MISSING_LABELS)).to_numpy()
+    return (labels.isna() | labels.astype(str).str.strip().isin(MISSING_LABELS)).to_numpy()
 
 
 def _expression(adata: ad.AnnData, recipe: Recipe) -> tuple[ad.AnnData, str]:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, check_columns, condition_id
+from vclib.schema import CONTEXT_KEY, CONTROL, LOG1P, PERTURBATION_KEY, VclibInputError, check_cells, condition_id
 
 GENE_CHUNK = 512
 
@@ -179,7 +179,14 @@ def rank_genes(
     >>> de.lfc.shape[1], bool((de.conditions["perturbation"] != "control").all())
     (50, True)
     """
-    check_columns(adata.obs, [perturbation_key, context_key])
+    if adata.isbacked:
+        raise VclibInputError("rank_genes ranks every cell of every gene, so it needs the cells in memory; this "
+                              f"AnnData is backed by {adata.filename}. Read it with vc.loaders.read(path) (without "
+                              "backed=True), or subset it first (adata[rows].to_memory()).")
+    values = check_cells(adata, perturbation_key=perturbation_key, context_key=context_key, what="rank_genes")
+    if values != LOG1P:
+        raise VclibInputError(f"rank_genes ranks log1p-normalised expression; uns['vclib'] says X holds {values}. "
+                              "Read the data with vc.loaders.read(path) (in memory), which normalises raw counts.")
     contexts = adata.obs[context_key].astype(str).to_numpy()
     labels = adata.obs[perturbation_key].astype(str).to_numpy()
     X = adata.X

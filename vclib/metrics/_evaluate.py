@@ -246,7 +246,7 @@ def evaluate(
         observed.check_de_options(epsilon, de_options)
     obs = prepare(observed, perturbation_key=perturbation_key, context_key=context_key, control=control,
                   epsilon=epsilon, de_options=de_options, de=observed_de)
-    pred = _align_genes(in_contract(predicted, perturbation_key, context_key, control), obs.var_names)
+    pred = _align_genes(in_contract(predicted, perturbation_key, context_key, control, side="predicted"), obs.var_names)
     check_values(pred, "predicted")
     level = _level(pred, predicted_level)
     pred_pb = pbk.pseudobulk(pred)

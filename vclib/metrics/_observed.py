@@ -29,13 +29,24 @@ from vclib.schema import (
     VclibInputError,
     canonical_label,
     check_columns,
+    check_labels,
     condition_id,
 )
 
 
-def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | None, control: str) -> ad.AnnData:
-    """A light copy with the contract's obs columns (labels canonical), X untouched (not copied)."""
-    check_columns(adata.obs, [perturbation_key] + ([context_key] if context_key else []))
+def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | None, control: str, *,
+                side: str) -> ad.AnnData:
+    """A light copy with the contract's obs columns (labels canonical), X untouched (not copied). Backed data
+    and cells without a label are refused, naming ``side`` ("observed" or "predicted")."""
+    if adata.isbacked:
+        raise VclibInputError(
+            f"{side} data is opened in backed mode ({adata.filename}); scoring needs it in memory (metrics rank "
+            "every gene of every cell). Load it with vc.loaders.read(path) without backed=True, or subset it first "
+            "(adata[rows].to_memory())."
+        )
+    keys = [perturbation_key] + ([context_key] if context_key else [])
+    check_columns(adata.obs, keys)
+    check_labels(adata.obs, keys, control=control)
     obs = pd.DataFrame(index=adata.obs_names.copy())
     labels = adata.obs[perturbation_key].astype(str)
     mapping = {x: canonical_label(x, control=control) for x in labels.unique()}
@@ -47,12 +58,6 @@ def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | Non
 
 def check_values(adata: ad.AnnData, side: str) -> None:
     """Refuse NaN/inf (naming the conditions) and raw counts where log1p values are expected."""
-    if adata.isbacked:
-        raise VclibInputError(
-            f"{side} data is opened in backed mode; scoring needs it in memory (metrics rank every gene of every "
-            "cell). Load it with vc.loaders.read(path) without backed=True, or subset it first "
-            "(adata[rows].to_memory())."
-        )
     data = adata.X.data if sparse.issparse(adata.X) else np.asarray(adata.X)
     bad = ~np.isfinite(data)
     if bad.any():
@@ -218,7 +223,7 @@ def prepare(
         return adata
     if not isinstance(adata, ad.AnnData):
         raise VclibInputError(f"observed data must be an AnnData of cells, got {type(adata).__name__}.")
-    cells = in_contract(adata, perturbation_key, context_key, control)
+    cells = in_contract(adata, perturbation_key, context_key, control, side="observed")
     if cells.uns["vclib"].get("values") == SIGNATURE:
         return Observed(cells, epsilon=epsilon, de_options=de_options, not_applicable=(
             "these are response signatures without cells: scoring predictions against observations, the noise "

@@ -271,7 +271,8 @@ def ceiling(
 
     Returns
     -------
-    The :func:`evaluate` table with ``model = "ceiling"``.
+    The :func:`evaluate` table with ``model = "ceiling"``; ``attrs["notes"]`` names the perturbed conditions left
+    out by default because they cannot be split in halves.
 
     References
     ----------
@@ -316,6 +317,12 @@ def ceiling(
     table["model"] = CEILING
     if noise_free:
         table["value"], table["note"] = to_noise_free(table)
+    left_out = sorted(set(obs.pseudobulk.obs_names[~obs.pseudobulk.obs["is_control"].to_numpy()]) - set(names))
+    table.attrs["notes"] = [] if conditions is not None or not left_out else [{
+        "analysis": "noise ceiling", "reason": (
+            f"{len(left_out)} condition(s) have too few cells to split in halves (2 per condition and 2 control "
+            f"cells per context) and get no ceiling: {', '.join(left_out[:8])}"
+            + (" ..." if len(left_out) > 8 else ""))}]
     return table
 
 

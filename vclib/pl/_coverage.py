@@ -41,8 +41,11 @@ def coverage_heatmap(counts: pd.DataFrame, *, ax: plt.Axes | None = None, max_ro
     return ax
 
 
-def effect_sizes(deltas: ad.AnnData, *, ax: plt.Axes | None = None) -> plt.Axes:
+def effect_sizes(deltas: ad.AnnData, *, seed: int = 0, ax: plt.Axes | None = None) -> plt.Axes:
     """Distribution of the effect size (L2 norm of the delta) of every perturbed condition, per context.
+
+    The points are spread sideways by a jitter drawn with ``seed`` (seaborn's stripplot draws it from numpy's
+    global random state, so the same data would give a different figure on every run).
 
     Examples
     --------
@@ -53,8 +56,11 @@ def effect_sizes(deltas: ad.AnnData, *, ax: plt.Axes | None = None) -> plt.Axes:
     frame = pd.DataFrame({CONTEXT_KEY: deltas.obs[CONTEXT_KEY].astype(str).to_numpy(),
                           "effect size (‖delta‖₂)": np.linalg.norm(np.asarray(deltas.X), axis=1)})
     ax = _axes(ax, (1.5 + 0.8 * frame[CONTEXT_KEY].nunique(), 3.5))
-    sns.boxplot(frame, x=CONTEXT_KEY, y="effect size (‖delta‖₂)", ax=ax, color="0.85", fliersize=0)
-    sns.stripplot(frame, x=CONTEXT_KEY, y="effect size (‖delta‖₂)", ax=ax, size=3, color="C0")
+    order = sorted(frame[CONTEXT_KEY].unique())
+    sns.boxplot(frame, x=CONTEXT_KEY, y="effect size (‖delta‖₂)", order=order, ax=ax, color="0.85", fliersize=0)
+    position = frame[CONTEXT_KEY].map({c: i for i, c in enumerate(order)}).to_numpy()
+    jitter = np.random.default_rng(seed).uniform(-0.2, 0.2, size=len(frame))
+    ax.scatter(position + jitter, frame["effect size (‖delta‖₂)"], s=9, color="C0", zorder=3)
     ax.set_title("How strongly each perturbation moves expression")
     return ax
 
