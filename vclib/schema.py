@@ -230,9 +230,15 @@ def check_cells(adata: ad.AnnData, *, perturbation_key: str = PERTURBATION_KEY, 
     trusted. Data without it (built by hand, or a model's predictions) is checked on a sample of rows: raw counts
     are refused, naming :func:`vclib.loaders.read`, so they never reach a pseudobulk or a DE test as if they were
     log1p.
+
+    Examples
+    --------
+    >>> import vclib as vc
+    >>> check_cells(vc.loaders.simulate(n_perturbations=4, n_genes=50, cells_per_condition=10))
+    'log1p'
     """
     check_columns(adata.obs, [perturbation_key, context_key])
-    stamped = adata.uns.get("vclib", {}).get("values") if isinstance(adata.uns.get("vclib"), dict) else None
+    stamped = (adata.uns.get("vclib") or {}).get("values")
     if stamped is not None:
         return stamped
     if detect_values(adata.X) == COUNTS:
