@@ -44,3 +44,18 @@ def test_notebooks_are_committed_without_outputs():
         assert not any(re.search(r"^\s*(def|class) ", "".join(c["source"]), re.M) for c in code), (
             f"{path.name} defines a function or class; that belongs in vclib/"
         )
+
+
+def test_import_loads_no_notebook_or_plotting_stack():
+    """`import vclib` (and scoring) must not pay for papermill, nbconvert, ipywidgets or the plotting stack: they
+    load when a module that needs them is first used. Checked in a fresh interpreter, on sys.modules, not a time."""
+    import subprocess
+    import sys
+
+    heavy = ["papermill", "nbconvert", "ipywidgets", "seaborn", "matplotlib", "scanpy"]
+    code = ("import sys, vclib\nbare = [m for m in {heavy!r} if m in sys.modules]\n"
+            "vclib.metrics.evaluate, vclib.benchmark.run\n"
+            "scoring = [m for m in {heavy!r} if m in sys.modules]\n"
+            "vclib.pl\nprint(bare, scoring, 'matplotlib' in sys.modules)").format(heavy=heavy)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[] [] True"  # the last: vc.pl does load matplotlib, so the check can see a module arrive

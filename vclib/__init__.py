@@ -13,21 +13,22 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-from vclib import (  # noqa: E402
-    baselines,
-    benchmark,
-    coverage,
-    failures,
-    loaders,
-    metrics,
-    models,
-    pl,
-    pseudobulk,
-    runner,
-    schema,
-    splits,
-    widgets,
-)
+_SUBMODULES = ("baselines", "benchmark", "coverage", "failures", "loaders", "metrics", "models", "pl", "pseudobulk",
+               "runner", "schema", "splits", "widgets")
+__all__ = [*_SUBMODULES, "__version__"]
 
-__all__ = ["baselines", "benchmark", "coverage", "failures", "loaders", "metrics", "models", "pl", "pseudobulk",
-           "runner", "schema", "splits", "widgets", "__version__"]
+
+def __getattr__(name: str):
+    """Import a submodule on first use (PEP 562), so ``import vclib`` is quick and the plotting, widget and
+    notebook-running stacks (matplotlib, ipywidgets, papermill) load only when a module that needs them is used."""
+    if name in _SUBMODULES:
+        import importlib
+
+        module = importlib.import_module(f"vclib.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'vclib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULES])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from scipy import sparse
 
 from vclib.schema import (
@@ -23,11 +22,11 @@ from vclib.schema import (
     LOG1P,
     PERTURBATION_KEY,
     SIGNATURE,
-    TARGET_SUM,
     VclibInputError,
     check_cells,
     check_columns,
     condition_id,
+    normalise,
 )
 
 CHUNK_SIZE = 10_000
@@ -38,8 +37,7 @@ def _log1p_block(block, values: str):
     if values == COUNTS:
         tmp = ad.AnnData(sparse.csr_matrix(block, dtype=np.float64) if sparse.issparse(block) else
                          np.asarray(block, dtype=np.float64))
-        sc.pp.normalize_total(tmp, target_sum=TARGET_SUM)
-        sc.pp.log1p(tmp)
+        normalise(tmp)
         return tmp.X
     return block
 

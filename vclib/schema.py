@@ -37,6 +37,26 @@ COUNTS = "counts"
 SIGNATURE = "signature"
 
 
+def normalise(adata: ad.AnnData) -> None:
+    """Normalise raw counts into the contract's values, in place on an AnnData the caller owns:
+    ``sc.pp.normalize_total(target_sum=1e4)`` then ``sc.pp.log1p``.
+
+    scanpy is imported here, on first use, because importing it also imports matplotlib (about a second).
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> a = ad.AnnData(np.array([[1.0, 3.0], [2.0, 2.0]]))
+    >>> normalise(a)
+    >>> np.round(np.expm1(a.X).sum(axis=1))
+    array([10000., 10000.])
+    """
+    import scanpy as sc
+
+    sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
+    sc.pp.log1p(adata)
+
+
 class VclibInputError(ValueError):
     """Input that does not fit the data contract; the message names the offending values and the fix."""
 

@@ -11,7 +11,6 @@ from itertools import combinations
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from scipy import linalg, sparse
 
 from vclib.schema import (
@@ -21,9 +20,9 @@ from vclib.schema import (
     LOG1P,
     PERTURBATION_KEY,
     SIGNATURE,
-    TARGET_SUM,
     VclibInputError,
     check_cells,
+    normalise,
 )
 
 METRICS = ("sqeuclidean", "euclidean")
@@ -174,8 +173,7 @@ def _control_matrix(adata: ad.AnnData, rows: np.ndarray):
     X = adata.X[rows]
     if adata.uns.get("vclib", {}).get("values", LOG1P) == COUNTS:
         tmp = ad.AnnData(sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, float))
-        sc.pp.normalize_total(tmp, target_sum=TARGET_SUM)
-        sc.pp.log1p(tmp)
+        normalise(tmp)
         X = tmp.X
     return sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
 from scipy import sparse
 
 from vclib import schema
@@ -18,7 +17,6 @@ from vclib.schema import (
     LOG1P,
     PERTURBATION_KEY,
     SIGNATURE,
-    TARGET_SUM,
     VclibInputError,
 )
 
@@ -208,8 +206,7 @@ def read(
     if found == COUNTS:
         out.layers[COUNTS] = out.X.copy()
         out.X = out.X.astype(np.float32)
-        sc.pp.normalize_total(out, target_sum=TARGET_SUM)
-        sc.pp.log1p(out)
+        schema.normalise(out)
     elif found == "log2p":
         out.X = out.X * np.log(2)
     if sparse.issparse(out.X):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from scipy import sparse, special, stats
 
 from vclib.schema import (
@@ -26,6 +25,7 @@ from vclib.schema import (
     PERTURBATION_KEY,
     TARGET_SUM,
     condition_id,
+    normalise,
 )
 
 
@@ -241,8 +241,7 @@ def simulate(
     var = pd.DataFrame({"is_regulator": np.isin(np.arange(n_genes), regulators)}, index=genes)
     adata = ad.AnnData(X=X, obs=obs, var=var)
     adata.layers[COUNTS] = X.copy()
-    sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
-    sc.pp.log1p(adata)
+    normalise(adata)
 
     truth = _expected_log1p(truth_eta, library_size=library_size, library_sd=library_sd, dispersion=dispersion)
     overlap = np.array([[np.mean(np.all(a[:, regulators] == b[:, regulators], axis=0)) for b in networks]
