@@ -14,7 +14,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 _SUBMODULES = ("baselines", "benchmark", "coverage", "failures", "loaders", "metrics", "models", "pl", "pseudobulk",
-               "runner", "schema", "splits", "widgets")
+               "report", "runner", "schema", "splits", "widgets")
 __all__ = [*_SUBMODULES, "__version__"]
 
 
