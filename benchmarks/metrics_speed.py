@@ -4,24 +4,29 @@ Measures, each in a fresh process so the peak memory figures (VmHWM) are not mix
 
 1. ``vc.metrics.evaluate`` with every metric on cell-level predictions, the DE of both sides (Wilcoxon) computed
    inside, on 11,000 cells x 8,000 genes x 200 perturbations, one context (simulator: 200 perturbations x 50 cells
-   + 1,000 controls; observation seed 0, prediction seed 1). vclib is configured like cell-eval (the prediction's
-   own control, PDS ties by position, lfc pseudocount 0, overlap/precision 0 without observed DE genes). Target:
-   <= 10 s.
-2. ``cell-eval run --profile full --num-threads 2`` on the same two h5ad files when cell-eval is installed
-   (``CELL_EVAL`` or ``cell-eval`` on PATH, else ``/work/celleval-venv/bin/cell-eval``); its wall time includes the
-   process start, imports and numba compilation, which cell-eval does not cache. It took 2 min 17 s on the 2-core
-   development machine. Peak memory via ``/usr/bin/time -v`` when available. The shared metrics of both tools are
-   also compared (max |difference| over perturbations).
+   + 1,000 controls; observation seed 0, prediction seed 1), with cell-eval's conventions
+   (``vc.metrics.CELL_EVAL``: the prediction's own control, PDS ties by position, each query's own target left out,
+   lfc pseudocount 0, overlap/precision 0 without observed DE genes). Warm: numba's kernels compile on first use
+   and are cached on disk, so the child first calls evaluate on a tiny input; reading the files is not included;
+   timed twice, the faster call reported.
+2. The same as a whole process, as a user's scoring script runs: python start, ``import vclib``, reading both
+   h5ad files, ``evaluate``, writing the CSV.
 3. ``vc.metrics.discrimination_score`` (L1) for 5,000 perturbations x 8,000 genes on random float32 deltas.
-   Target: <= 30 s.
+   Target: <= 10 s.
+4. ``cell-eval run --profile full --num-threads 2`` on the same two h5ad files when cell-eval is installed
+   (``CELL_EVAL`` or ``cell-eval`` on PATH, else ``/work/celleval-venv/bin/cell-eval``); its wall time includes the
+   process start, imports and numba compilation, which cell-eval does not cache. Peak memory via
+   ``/usr/bin/time -v`` when available. The script prints the ratios cell-eval / vclib (target 25x, for
+   ``evaluate`` and for the whole process) and the parity of every metric both tools report (max |difference|
+   over perturbations).
 
-vclib's numba kernels compile on first use and are cached on disk; each measuring process first calls the
-function once on a tiny input, so the reported times are warm (compile or cache load excluded); ``evaluate`` is
-timed twice and the faster call reported. Reading the h5ad files is not included in vclib's time. For each
-measurement the script prints the CPU seconds other processes used meanwhile (from /proc/stat): on a shared
-machine they inflate the wall times; vclib's own CPU time (all threads) is printed too, as it is less affected.
+With ``--before DIR`` the vclib measurements (1-3) also run on the checkout in DIR (e.g. ``git worktree add
+/tmp/before <commit>``), side by side in the same run. The script prints the load average at the start and, for
+each measurement, the CPU seconds other processes used meanwhile (from /proc/stat): on a shared machine they
+inflate the wall times; vclib's own CPU time (all threads) is printed too.
 
-Usage: ``python benchmarks/metrics_speed.py [--small] [--keep DIR]`` (``--small``: a reduced design for a quick check).
+Usage: ``python benchmarks/metrics_speed.py [--small] [--keep DIR] [--files DIR] [--before DIR]`` (``--small``: a
+reduced design for a quick check; ``--files``: reuse the h5ad files an earlier ``--keep`` wrote).
 """
 
 import argparse
@@ -41,11 +46,12 @@ FULL = {"n_perturbations": 200, "n_genes": 8000, "cells_per_condition": 50, "con
         "pds_perturbations": 5000, "pds_genes": 8000}
 SMALL = {"n_perturbations": 20, "n_genes": 500, "cells_per_condition": 30, "control_cells": 200,
          "pds_perturbations": 500, "pds_genes": 1000}
-TARGET_EVALUATE_S, TARGET_PDS_S, CELL_EVAL_REFERENCE_S = 10.0, 30.0, 137.0
+TARGET_PDS_S, TARGET_RATIO, CELL_EVAL_REFERENCE_S = 10.0, 25.0, 137.0
 REPEATS = 2  # warm evaluate calls; the fastest is reported (the others are printed)
 PERT_COL, CONTROL = "target_gene", "non-targeting"
+# cell-eval's conventions (vc.metrics.CELL_EVAL in vclib versions that have it)
 EVALUATE_OPTIONS = dict(perturbation_key=PERT_COL, context_key=None, control=CONTROL, predicted_control="predicted",
-                        ties="position", epsilon=0.0)
+                        ties="position", epsilon=0.0, exclude="own")
 FALLBACK_CELL_EVAL = "/work/celleval-venv/bin/cell-eval"
 
 
@@ -120,6 +126,18 @@ def measure_evaluate(real_path: str, pred_path: str, table_path: str) -> dict:
             "metrics": int(table["metric"].nunique())}
 
 
+def whole_process(real_path: str, pred_path: str, table_path: str) -> dict:
+    """What a user's scoring script does, timed by the parent from process start: import, read, evaluate, write."""
+    import anndata as ad
+
+    import vclib as vc
+
+    options = EVALUATE_OPTIONS | ({"no_de": 0.0} if "no_de" in inspect.signature(vc.metrics.evaluate).parameters
+                                  else {})
+    vc.metrics.evaluate(ad.read_h5ad(pred_path), ad.read_h5ad(real_path), **options).to_csv(table_path, index=False)
+    return {"vclib": vc.__file__}
+
+
 def measure_pds(n_perts: int, n_genes: int) -> dict:
     import numpy as np
 
@@ -146,20 +164,24 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+def measured(cmd: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Run ``cmd``; also return the CPU seconds other processes used meanwhile (they inflate the timings)."""
     machine, own = busy_cpu_seconds(), children_cpu_seconds()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     others = (busy_cpu_seconds() - machine) - (children_cpu_seconds() - own)
     return proc, max(others, 0.0)
 
 
-def in_child(*args: str) -> dict:
-    """Run this script with ``args`` in a fresh interpreter and return the JSON it prints last."""
-    proc, others = measured([sys.executable, __file__, *args])
+def in_child(*args: str, vclib: Path | None = None) -> dict:
+    """Run this script with ``args`` in a fresh interpreter (importing vclib from the checkout ``vclib`` when
+    given) and return the JSON it prints last, with the child's wall time from start to exit."""
+    env = os.environ | ({"PYTHONPATH": str(vclib)} if vclib else {})
+    start = time.perf_counter()
+    proc, others = measured([sys.executable, __file__, *args], env=env)
+    wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"measurement {args[0]} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"others_cpu_s": others}
+    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"others_cpu_s": others, "process_s": wall}
 
 
 def contention(result: dict) -> str:
@@ -207,48 +229,76 @@ def parity_summary(outdir: Path, table_path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- main
 
-def main(small: bool, keep: Path | None) -> None:
+def measure_checkout(real: Path, pred: Path, tmp: Path, size: dict, label: str, vclib: Path | None) -> dict:
+    """evaluate (warm, in-process), the whole scoring process, and PDS, for one vclib checkout."""
+    ev = in_child("--measure-evaluate", str(real), str(pred), str(tmp / f"vclib-{label}.csv"), vclib=vclib)
+    print(f"[{label}] vclib evaluate, all {ev['metrics']} metrics + DE of both sides: {ev['seconds']:.2f} s "
+          f"(fastest of {', '.join(f'{t:.2f}' for t in ev['all'])}; CPU {ev['cpu_seconds']:.1f} s); peak RSS "
+          f"{ev['peak_gb']:.2f} GB; {contention(ev)}")
+    whole = in_child("--whole-process", str(real), str(pred), str(tmp / f"vclib-{label}-process.csv"), vclib=vclib)
+    print(f"[{label}] vclib as a whole process (python start, import vclib, read both h5ad, evaluate, write the "
+          f"CSV): {whole['process_s']:.2f} s; {contention(whole)}")
+    pds = in_child("--measure-pds", str(size["pds_perturbations"]), str(size["pds_genes"]), vclib=vclib)
+    print(f"[{label}] vclib discrimination_score L1, {size['pds_perturbations']:,} x {size['pds_genes']:,} random "
+          f"float32 deltas: {pds['seconds']:.2f} s (CPU {pds['cpu_seconds']:.1f} s) (target <= {TARGET_PDS_S:.0f} s: "
+          f"{'met' if pds['seconds'] <= TARGET_PDS_S else 'MISSED'}); peak RSS {pds['peak_gb']:.2f} GB; "
+          f"{contention(pds)}")
+    return {"evaluate": ev["seconds"], "process": whole["process_s"], "pds": pds["seconds"]}
+
+
+def main(small: bool, keep: Path | None, files: Path | None, before: Path | None) -> None:
     size = SMALL if small else FULL
     n_cells = size["n_perturbations"] * size["cells_per_condition"] + size["control_cells"]
     print(f"{'SMALL check' if small else 'Full size'}: {n_cells:,} cells x {size['n_genes']:,} genes x "
           f"{size['n_perturbations']} perturbations (one context); PDS {size['pds_perturbations']:,} x "
-          f"{size['pds_genes']:,}. {os.cpu_count()} CPUs. vclib times are warm (numba compiled/cached by a first "
-          "call on a tiny input); file reading excluded.")
+          f"{size['pds_genes']:,}. {os.cpu_count()} CPUs; load average before starting: "
+          f"{Path('/proc/loadavg').read_text().split()[:3]}. vclib's evaluate times are warm (numba compiled/cached "
+          "by a first call on a tiny input; file reading excluded); the whole-process times include everything.")
     with tempfile.TemporaryDirectory() as scratch:
         tmp = keep or Path(scratch)
         tmp.mkdir(parents=True, exist_ok=True)
-        real, pred, t_build = build_files(size, tmp)
-        print(f"  built observation (seed 0) and prediction (seed 1) with the simulator: {t_build:.1f} s (not timed)")
-        ev = in_child("--measure-evaluate", str(real), str(pred), str(tmp / "vclib.csv"))
-        print(f"vclib evaluate, all {ev['metrics']} metrics + DE of both sides: {ev['seconds']:.2f} s "
-              f"(fastest of {', '.join(f'{t:.2f}' for t in ev['all'])}; CPU {ev['cpu_seconds']:.1f} s) "
-              f"(target <= {TARGET_EVALUATE_S:.0f} s: {'met' if ev['seconds'] <= TARGET_EVALUATE_S else 'MISSED'}); "
-              f"peak RSS {ev['peak_gb']:.2f} GB; {contention(ev)}")
+        if files is not None:
+            real, pred = files / "real.h5ad", files / "pred.h5ad"
+            print(f"  observation and prediction read from {files} (written by an earlier --keep run)")
+        else:
+            real, pred, t_build = build_files(size, tmp)
+            print(f"  built observation (seed 0) and prediction (seed 1) with the simulator: {t_build:.1f} s "
+                  "(not timed)")
+        runs = {}
+        if before is not None:
+            runs["before"] = measure_checkout(real, pred, tmp, size, "before", before)
+        runs["this"] = measure_checkout(real, pred, tmp, size, "this", None)
         exe = find_cell_eval()
         if exe is None:
             print("cell-eval: not installed (set CELL_EVAL or put cell-eval on PATH); skipped.")
-        else:
-            ce = run_cell_eval(exe, real, pred, tmp / "cell-eval")
-            peak = f"peak RSS {ce['peak_gb']:.2f} GB" if ce["peak_gb"] is not None else "peak RSS not measured"
-            print(f"cell-eval run --profile full --num-threads 2 (whole CLI process): {ce['seconds']:.1f} s; {peak}; "
-                  f"{contention(ce)} (reference: {CELL_EVAL_REFERENCE_S:.0f} s at full size on the dev machine)")
-            print(f"  ratio cell-eval / vclib: {ce['seconds'] / ev['seconds']:.1f}x")
-            print(f"  parity on these files: {parity_summary(tmp / 'cell-eval', tmp / 'vclib.csv')}")
-    pds = in_child("--measure-pds", str(size["pds_perturbations"]), str(size["pds_genes"]))
-    print(f"vclib discrimination_score L1, {size['pds_perturbations']:,} x {size['pds_genes']:,} random float32 "
-          f"deltas: {pds['seconds']:.2f} s (CPU {pds['cpu_seconds']:.1f} s) (target <= {TARGET_PDS_S:.0f} s: "
-          f"{'met' if pds['seconds'] <= TARGET_PDS_S else 'MISSED'}); peak RSS {pds['peak_gb']:.2f} GB; "
-          f"{contention(pds)}")
+            return
+        ce = run_cell_eval(exe, real, pred, tmp / "cell-eval")
+        peak = f"peak RSS {ce['peak_gb']:.2f} GB" if ce["peak_gb"] is not None else "peak RSS not measured"
+        print(f"cell-eval run --profile full --num-threads 2 (whole CLI process): {ce['seconds']:.1f} s; {peak}; "
+              f"{contention(ce)} (reference: {CELL_EVAL_REFERENCE_S:.0f} s at full size on the dev machine)")
+        print(f"\n{'':8} {'evaluate s':>11} {'whole s':>8} {'PDS s':>6}   cell-eval/evaluate  cell-eval/whole "
+              f"(target {TARGET_RATIO:.0f}x)")
+        for label, r in runs.items():
+            print(f"{label:8} {r['evaluate']:11.2f} {r['process']:8.2f} {r['pds']:6.2f}   "
+                  f"{ce['seconds'] / r['evaluate']:17.1f}x {ce['seconds'] / r['process']:15.1f}x")
+        for label in runs:
+            print(f"parity [{label}]: {parity_summary(tmp / 'cell-eval', tmp / f'vclib-{label}.csv')}")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-evaluate"]:
         print(json.dumps(measure_evaluate(*sys.argv[2:5])))
+    elif sys.argv[1:2] == ["--whole-process"]:
+        print(json.dumps(whole_process(*sys.argv[2:5])))
     elif sys.argv[1:2] == ["--measure-pds"]:
         print(json.dumps(measure_pds(int(sys.argv[2]), int(sys.argv[3]))))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--small", action="store_true", help="reduced sizes for a quick check")
         parser.add_argument("--keep", type=Path, default=None, help="keep the h5ad files and outputs in this folder")
+        parser.add_argument("--files", type=Path, default=None,
+                            help="use real.h5ad and pred.h5ad from this folder (an earlier --keep) instead of building")
+        parser.add_argument("--before", type=Path, default=None,
+                            help="also measure the vclib of this checkout (e.g. a git worktree of an older commit)")
         args = parser.parse_args()
-        main(args.small, args.keep)
+        main(args.small, args.keep, args.files, args.before)

@@ -11,6 +11,7 @@ which is exact because library-size normalisation acts on each cell alone).
 from __future__ import annotations
 
 import anndata as ad
+import numba
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -42,6 +43,18 @@ def _log1p_block(block, values: str):
     return block
 
 
+@numba.njit(cache=True)
+def _add_group_sums(indptr, indices, data, codes, sums) -> None:
+    """``sums[codes[r]] += row r`` for the rows of a CSR matrix (codes -1: no group). One pass over the stored
+    values; scipy's indicator product (the obvious alternative) builds a sparse result and took ~10x longer."""
+    for r in range(indptr.size - 1):
+        k = codes[r]
+        if k < 0:
+            continue
+        for s in range(indptr[r], indptr[r + 1]):
+            sums[k, indices[s]] += data[s]
+
+
 def group_means(X, codes: np.ndarray, n_groups: int, *, values: str = LOG1P,
                 chunk_size: int = CHUNK_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Mean of the rows of ``X`` in each group, and the group sizes.
@@ -63,18 +76,23 @@ def group_means(X, codes: np.ndarray, n_groups: int, *, values: str = LOG1P,
     """
     sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
     sizes = np.bincount(codes[codes >= 0], minlength=n_groups)
+    if values == LOG1P and (isinstance(X, np.ndarray) or sparse.issparse(X)):
+        chunk_size = max(X.shape[0], 1)  # in memory: one product with X itself, no row-block copies
     for start in range(0, X.shape[0], chunk_size):
         stop = min(start + chunk_size, X.shape[0])
         c = codes[start:stop]
         keep = np.flatnonzero(c >= 0)
         if keep.size == 0:
             continue
-        block = _log1p_block(X[start:stop], values)
+        block = _log1p_block(X if (start, stop) == (0, X.shape[0]) else X[start:stop], values)
+        if sparse.issparse(block):
+            block = sparse.csr_matrix(block)
+            _add_group_sums(block.indptr, block.indices, block.data, c, sums)
+            continue
         indicator = sparse.csr_matrix(
             (np.ones(keep.size), (c[keep], keep)), shape=(n_groups, stop - start)
         )
-        part = indicator @ block
-        sums += part.toarray() if sparse.issparse(part) else np.asarray(part)
+        sums += indicator @ np.asarray(block)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / sizes[:, None]
     return means, sizes

@@ -7,6 +7,7 @@
 * :func:`prepare` → :class:`Observed`: the observed cells validated once, with their pseudobulk, deltas, DE and
   split halves computed on first use and kept, for every scorer.
 * :func:`evaluate`: predictions vs observed cells → one row per (context, perturbation, metric).
+  :data:`CELL_EVAL` holds cell-eval 0.8.2's conventions and layout (``evaluate(pred, real, **CELL_EVAL)``).
   :data:`REGISTRY` / :func:`metric_table` say for each metric whether higher is better, its value for a
   perfect and a constant predictor, and how its noise ceiling is corrected.
 * Summaries: :func:`aggregate` (bootstrap CIs over perturbations), :func:`compare` (paired model − baseline),
@@ -16,9 +17,10 @@
 Definitions: see ``science.md`` (Metrics) in the project documentation and each docstring.
 """
 
-from vclib.metrics._de import DEResult, log2_fold_change, rank_genes
+from vclib.metrics._de import DEResult, benjamini_hochberg, log2_fold_change, rank_genes
 from vclib.metrics._evaluate import (
     CEILING_RULES,
+    CELL_EVAL,
     DE_METRICS,
     REGISTRY,
     SCORING_DEFAULTS,
@@ -63,10 +65,10 @@ from vclib.metrics._summary import (
 )
 
 __all__ = [
-    "CEILING", "CEILING_RULES", "DE_METRICS", "DEResult", "MIN_N", "Metric", "Observed", "REGISTRY",
-    "SCORING_DEFAULTS", "aggregate", "beyond_ceiling", "calibrate", "ceiling", "check_metrics", "cluster_bootstrap", "compare",
-    "cosine", "de_direction", "de_overlap", "de_precision", "de_spearman", "discrimination_score",
-    "distance_matrix", "evaluate", "group_rng", "hit_rate_at_k", "l2", "log2_fold_change", "mae", "metric_table",
-    "mse", "pearson", "predict_control", "prediction_distances", "prepare", "rank_genes", "rank_metric", "score",
-    "to_noise_free", "too_few", "top_expressed", "verdict",
+    "CEILING", "CEILING_RULES", "CELL_EVAL", "DE_METRICS", "DEResult", "MIN_N", "Metric", "Observed", "REGISTRY",
+    "SCORING_DEFAULTS", "aggregate", "benjamini_hochberg", "beyond_ceiling", "calibrate", "ceiling", "check_metrics",
+    "cluster_bootstrap", "compare", "cosine", "de_direction", "de_overlap", "de_precision", "de_spearman",
+    "discrimination_score", "distance_matrix", "evaluate", "group_rng", "hit_rate_at_k", "l2", "log2_fold_change",
+    "mae", "metric_table", "mse", "pearson", "predict_control", "prediction_distances", "prepare", "rank_genes",
+    "rank_metric", "score", "to_noise_free", "too_few", "top_expressed", "verdict",
 ]

@@ -5,6 +5,12 @@ every group with the control again; pdex/numba-mwu re-sort the control per group
 column is sorted once, and every condition's cells are placed into it by binary search, which gives the
 U statistic and the exact tie correction per (condition, gene) in one pass (numba, parallel over genes).
 The result equals ``scipy.stats.mannwhitneyu(x, y, method="asymptotic", use_continuity=True)``.
+
+Sparse ``X`` is never densified: each parallel task gathers the stored values of one block of genes column-wise
+straight from the CSR arrays (no CSC copy of the matrix), only stored values are sorted, and each gene's zeros
+enter as one tie block at their place in the order. The runs of equal values, and so U and the tie correction,
+are the same as the dense path's, summed in the same order: the p-values are identical, not merely close
+(11,000 cells × 8,000 genes at 23% density: 6.0 s → 2.2 s on 2 cores, ``benchmarks/metrics_speed.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import anndata as ad
 import numba
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import sparse
 
+from vclib.pseudobulk import group_means
 from vclib.schema import CONTEXT_KEY, CONTROL, LOG1P, PERTURBATION_KEY, VclibInputError, check_cells, condition_id
 
 GENE_CHUNK = 512
@@ -36,9 +43,24 @@ def _run_ends(values: np.ndarray) -> np.ndarray:
     return ends[:k]
 
 
+@numba.njit(cache=True)
+def _pvalue(u1, ties, n1, n2, tie_correction, continuity) -> float:
+    """Two-sided p-value of the normal approximation from U of the first sample and the tie sum Σ(t³ − t)
+    (1 when the variance is zero: every value tied)."""
+    n = n1 + n2
+    variance = n1 * n2 / 12.0 * (n + 1.0)
+    if tie_correction:
+        variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)))
+    if variance <= 0:
+        return 1.0
+    u = max(u1, n1 * n2 - u1)
+    z = (u - n1 * n2 / 2.0 - (0.5 if continuity else 0.0)) / math.sqrt(variance)
+    return min(1.0, math.erfc(z / math.sqrt(2.0)))
+
+
 @numba.njit(parallel=True, cache=True)
 def _ranksum(control, cells, offsets, tie_correction, continuity):
-    """Two-sided Wilcoxon rank-sum p-values and U statistics, groups × genes.
+    """Two-sided Wilcoxon rank-sum p-values, groups × genes.
 
     ``control`` is n_control × genes; ``cells`` holds the groups' cells stacked, group k in rows
     ``offsets[k]:offsets[k + 1]``.
@@ -47,7 +69,6 @@ def _ranksum(control, cells, offsets, tie_correction, continuity):
     n_groups = offsets.size - 1
     n2 = control.shape[0]
     pvalues = np.ones((n_groups, n_genes))
-    ustats = np.zeros((n_groups, n_genes))
     for g in numba.prange(n_genes):
         ref = np.sort(control[:, g])
         ref_ties = 0.0
@@ -71,17 +92,155 @@ def _ranksum(control, cells, offsets, tie_correction, continuity):
                 both = tc + tg
                 ties += both * both * both - both - (tc * tc * tc - tc)
                 start = end
-            n = n1 + n2
-            ustats[k, g] = u1
-            variance = n1 * n2 / 12.0 * (n + 1.0)
-            if tie_correction:
-                variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)))
-            if variance <= 0:
-                continue
-            u = max(u1, n1 * n2 - u1)
-            z = (u - n1 * n2 / 2.0 - (0.5 if continuity else 0.0)) / math.sqrt(variance)
-            pvalues[k, g] = min(1.0, math.erfc(z / math.sqrt(2.0)))
-    return pvalues, ustats
+            pvalues[k, g] = _pvalue(u1, ties, n1, n2, tie_correction, continuity)
+    return pvalues
+
+
+@numba.njit(cache=True)
+def _runs_with_zeros(stored, n_zeros, values, sizes) -> int:
+    """Runs of equal values of a sparse column: ``stored`` holds its stored values, sorted, and ``n_zeros``
+    implicit zeros join any stored zeros in one run at zero's place in the order. Writes each run's value and
+    size into ``values`` / ``sizes`` (preallocated, length >= stored.size + 1) and returns the number of runs."""
+    m = stored.size
+    k, i, zeros_placed = 0, 0, n_zeros == 0
+    while i < m or not zeros_placed:
+        if not zeros_placed and (i == m or stored[i] >= 0):
+            size = n_zeros
+            while i < m and stored[i] == 0:
+                size += 1
+                i += 1
+            values[k], sizes[k] = 0.0, size
+            zeros_placed = True
+        else:
+            v, size = stored[i], 0
+            while i < m and stored[i] == v:
+                size += 1
+                i += 1
+            values[k], sizes[k] = v, size
+        k += 1
+    return k
+
+
+@numba.njit(cache=True)
+def _sort_in_place(a) -> None:
+    """Insertion sort for the few stored values of one group (numba's quicksort costs ~1 µs even on ten
+    values, which dominated the kernel), ``ndarray.sort`` beyond 32."""
+    if a.size > 32:
+        a.sort()
+        return
+    for i in range(1, a.size):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+@numba.njit(cache=True)
+def _lower_bound(sorted_values, v, lo, hi) -> int:
+    """First index in ``lo:hi`` whose value is not below ``v`` (np.searchsorted, without its overhead)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sorted_values[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True)
+def _column_block(indptr, indices, data, rows, start, stop):
+    """Stored values of genes ``start:stop`` of CSR rows ``rows`` (sorted column indices), column-wise: column
+    pointers, positions in ``rows`` (ascending within a column) and values as float64."""
+    n = rows.size
+    lo = np.empty(n, dtype=np.int64)
+    hi = np.empty(n, dtype=np.int64)
+    ptr = np.zeros(stop - start + 1, dtype=np.int64)
+    for i in range(n):
+        a, b = indptr[rows[i]], indptr[rows[i] + 1]
+        lo[i] = a + np.searchsorted(indices[a:b], start)
+        hi[i] = a + np.searchsorted(indices[a:b], stop)
+        for s in range(lo[i], hi[i]):
+            ptr[indices[s] - start + 1] += 1
+    ptr = np.cumsum(ptr)
+    fill = ptr[:-1].copy()
+    positions = np.empty(ptr[-1], dtype=np.int64)
+    values = np.empty(ptr[-1])
+    for i in range(n):
+        for s in range(lo[i], hi[i]):
+            c = indices[s] - start
+            positions[fill[c]] = i
+            values[fill[c]] = data[s]
+            fill[c] += 1
+    return ptr, positions, values
+
+
+@numba.njit(parallel=True, cache=True)
+def _ranksum_sparse(indptr, indices, data, ctrl_rows, order, offsets, bounds, tie_correction, continuity):
+    """:func:`_ranksum` on CSR arrays: the cells ``order`` (group k at ``offsets[k]:offsets[k + 1]``) against the
+    control rows ``ctrl_rows``. Each task takes a block of genes ``bounds[b]:bounds[b + 1]``, gathers its stored
+    values column-wise, and per gene finds the control's runs once and places each group's runs into them by
+    binary search (the control's runs of one gene stay in cache while all groups use them)."""
+    n2 = ctrl_rows.size
+    n_groups = offsets.size - 1
+    pvalues = np.ones((n_groups, bounds[-1]))
+    largest = np.max(offsets[1:] - offsets[:-1])
+    for blk in numba.prange(bounds.size - 1):
+        start, stop = bounds[blk], bounds[blk + 1]
+        ctrl_ptr, _, ctrl_data = _column_block(indptr, indices, data, ctrl_rows, start, stop)
+        ptr, rows, cells = _column_block(indptr, indices, data, order, start, stop)
+        ref, ref_sizes, below = np.empty(n2 + 1), np.empty(n2 + 1, np.int64), np.empty(n2 + 1, np.int64)
+        values, sizes = np.empty(largest + 1), np.empty(largest + 1, np.int64)
+        for g in range(stop - start):
+            stored = ctrl_data[ctrl_ptr[g] : ctrl_ptr[g + 1]]
+            stored.sort()
+            n_ref = _runs_with_zeros(stored, n2 - stored.size, ref, ref_sizes)
+            total, ref_ties = 0, 0.0
+            for r in range(n_ref):
+                below[r] = total  # control values below this run
+                total += ref_sizes[r]
+                ref_ties += ref_sizes[r] ** 3 - ref_sizes[r]
+            j, end = ptr[g], ptr[g + 1]
+            for k in range(n_groups):
+                first = j
+                while j < end and rows[j] < offsets[k + 1]:
+                    j += 1
+                n1 = offsets[k + 1] - offsets[k]
+                stored = cells[first:j]
+                _sort_in_place(stored)
+                n_runs = _runs_with_zeros(stored, n1 - stored.size, values, sizes)
+                u1, ties, at = 0.0, ref_ties, 0
+                for r in range(n_runs):
+                    at = _lower_bound(ref, values[r], at, n_ref)  # runs ascend: search on from the last place
+                    lo = below[at] if at < n_ref else n2
+                    tc = ref_sizes[at] if at < n_ref and ref[at] == values[r] else 0
+                    tg = sizes[r]
+                    u1 += tg * (lo + 0.5 * tc)
+                    both = tc + tg
+                    ties += both * both * both - both - (tc * tc * tc - tc)
+                pvalues[k, start + g] = _pvalue(u1, ties, n1, n2, tie_correction, continuity)
+    return pvalues
+
+
+def _pvalues(X, ctrl_rows, order, offsets, *, tie_correction, continuity) -> np.ndarray:
+    """Groups × genes Wilcoxon p-values of the cells ``order`` (grouped by ``offsets``) against ``ctrl_rows``."""
+    n_genes = X.shape[1]
+    if sparse.issparse(X):
+        # blocks of genes: a few per thread, and small enough that a block's stored values take ~32 MB
+        nnz = X.nnz * (order.size + ctrl_rows.size) / max(X.shape[0], 1)
+        n_blocks = int(min(n_genes, max(4 * numba.get_num_threads(), nnz * 16 / 32e6)))
+        bounds = np.linspace(0, n_genes, n_blocks + 1).astype(np.int64)
+        return _ranksum_sparse(X.indptr, X.indices, X.data, ctrl_rows, order, offsets, bounds, tie_correction,
+                               continuity)
+    p = np.empty((offsets.size - 1, n_genes))
+    ctrl, cells = X[ctrl_rows], X[order]
+    for start in range(0, n_genes, GENE_CHUNK):
+        stop = min(start + GENE_CHUNK, n_genes)
+        p[:, start:stop] = _ranksum(np.asarray(ctrl[:, start:stop], dtype=np.float64),
+                                    np.asarray(cells[:, start:stop], dtype=np.float64), offsets, tie_correction,
+                                    continuity)
+    return p
 
 
 @dataclass(frozen=True)
@@ -129,17 +288,35 @@ class DEResult:
         })
 
 
+@numba.njit(parallel=True, cache=True)
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values of each row (``scipy.stats.false_discovery_control(p, axis=1)``,
+    rows in parallel: scipy's single-threaded sort was a tenth of the DE time).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> benjamini_hochberg(np.array([[0.01, 0.04, 0.03, 0.5]])).round(4).tolist()
+    [[0.04, 0.0533, 0.0533, 0.5]]
+    """
+    n_rows, m = pvalues.shape
+    out = np.empty((n_rows, m))
+    for i in numba.prange(n_rows):
+        order = np.argsort(pvalues[i])
+        running = 1.0
+        for rank in range(m, 0, -1):  # p_(r) * m / r, then the running minimum from the largest p down
+            j = order[rank - 1]
+            running = min(running, pvalues[i, j] * (m / rank))
+            out[i, j] = running
+    return out
+
+
 def log2_fold_change(mean_log1p: np.ndarray, control_log1p: np.ndarray, *, epsilon: float = 1e-9) -> np.ndarray:
     """``log2((expm1(m_p) + eps) / (expm1(m_c) + eps))`` from mean log1p values (science.md)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         lfc = np.log2((np.expm1(mean_log1p) + epsilon) / (np.expm1(control_log1p) + epsilon))
     both_zero = (np.expm1(mean_log1p) + epsilon == 0) & (np.expm1(control_log1p) + epsilon == 0)
     return np.where(both_zero, 0.0, lfc)
-
-
-def _dense_columns(X, start: int, stop: int) -> np.ndarray:
-    block = X[:, start:stop]
-    return block.toarray().astype(np.float64) if sparse.issparse(block) else np.asarray(block, dtype=np.float64)
 
 
 def rank_genes(
@@ -192,6 +369,8 @@ def rank_genes(
     X = adata.X
     if sparse.issparse(X):
         X = sparse.csr_matrix(X)
+        if not X.has_sorted_indices:
+            X = X.sorted_indices()  # a sorted copy; the caller's matrix is left as it is
     rows, lfcs, pvals = [], [], []
     for ctx in sorted(set(contexts)):
         in_ctx = contexts == ctx
@@ -207,21 +386,13 @@ def rank_genes(
         order = perturbed[np.argsort(labels[perturbed], kind="stable")]
         names, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
         offsets = np.append(starts, order.size).astype(np.int64)
-        ctrl, cells = X[ctrl_rows], X[order]
-        if sparse.issparse(X):
-            ctrl, cells = ctrl.tocsc(), cells.tocsc()
-        p = np.empty((names.size, X.shape[1]))
-        for start in range(0, X.shape[1], GENE_CHUNK):
-            stop = min(start + GENE_CHUNK, X.shape[1])
-            p[:, start:stop], _ = _ranksum(_dense_columns(ctrl, start, stop), _dense_columns(cells, start, stop),
-                                          offsets, tie_correction, continuity)
-        ctrl_mean = np.asarray(ctrl.mean(axis=0), dtype=np.float64).ravel()
-        indicator = sparse.csr_matrix((np.ones(order.size) / np.repeat(counts, counts),
-                                       (np.repeat(np.arange(names.size), counts), np.arange(order.size))))
-        means = indicator @ cells
-        means = means.toarray() if sparse.issparse(means) else np.asarray(means)
-        lfcs.append(log2_fold_change(means, ctrl_mean[None, :], epsilon=epsilon))
-        pvals.append(p)
+        pvals.append(_pvalues(X, ctrl_rows, order, offsets, tie_correction=tie_correction,
+                              continuity=continuity))
+        codes = np.full(X.shape[0], -1)  # group of each cell, the control last
+        codes[order] = np.repeat(np.arange(names.size), counts)
+        codes[ctrl_rows] = names.size
+        means, _ = group_means(X, codes, names.size + 1)
+        lfcs.append(log2_fold_change(means[:-1], means[-1:], epsilon=epsilon))
         rows.append(pd.DataFrame({CONTEXT_KEY: ctx, PERTURBATION_KEY: names, "n_cells": counts,
                                   "n_control": ctrl_rows.size}))
     if not rows:
@@ -230,5 +401,5 @@ def rank_genes(
     conditions.index = [condition_id(c, p) for c, p in
                         zip(conditions[CONTEXT_KEY], conditions[PERTURBATION_KEY], strict=True)]
     pvalue = np.vstack(pvals)
-    fdr = stats.false_discovery_control(pvalue, axis=1, method="bh")
+    fdr = benjamini_hochberg(pvalue)
     return DEResult(conditions, adata.var_names.copy(), np.vstack(lfcs), pvalue, fdr)

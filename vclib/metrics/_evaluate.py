@@ -254,7 +254,8 @@ def evaluate(
     if level == "cells" and wants_de:
         cells = pred
         if predicted_control == "observed":
-            cells = ad.concat([pred[pred.obs[PERTURBATION_KEY] != CONTROL], obs.controls], merge="same")
+            cells = ad.concat([pred[pred.obs[PERTURBATION_KEY] != CONTROL], obs.controls], merge="same",
+                              uns_merge="same")
         pred_de = rank_genes(cells, epsilon=epsilon, **(de_options or {}))
     names = _conditions_to_score(pred_pb, obs.pseudobulk, conditions)
     table = score(pred_pb, obs, names, metrics, pred_de=pred_de, top_genes=top_genes, top_de=top_de,
@@ -359,6 +360,11 @@ SCORING_DEFAULTS = {"reference": "control", "predicted_control": "observed", "ex
                     "top_genes": 1000, "top_de": 20, "top_r2": 100, "fdr": 0.05, "epsilon": 1e-9, "hit_k": 10,
                     "hit_min_de": 10, "no_de": np.nan}
 
+# cell-eval 0.8.2's conventions, for parity with it: vc.metrics.evaluate(pred, real, **CELL_EVAL) on files in its
+# layout (obs "target_gene", control "non-targeting", one context). benchmarks/parity_cell_eval.py checks it.
+CELL_EVAL = {"perturbation_key": "target_gene", "context_key": None, "control": "non-targeting",
+             "predicted_control": "predicted", "ties": "position", "epsilon": 0.0, "exclude": "own", "no_de": 0.0}
+
 
 def score(pred_pb: ad.AnnData, obs: Observed, names: list[str], metrics: list[str], *,
           pred_de: DEResult | None = None, **options) -> pd.DataFrame:
@@ -440,13 +446,13 @@ def _ranking_metrics(values, notes, metrics, dP, dO, contexts, perts, *, exclude
             name = f"discrimination_score_{distance}"
             if name not in wanted and not (distance == "l1" and "rank" in wanted):
                 continue
-            D = fn.prediction_distances(p, o, distance=distance, exclude=own)
             n = len(rows)
+            full = fn.distance_matrix(p, o, distance="l1") if distance == "l1" and "rank" in wanted else None
             if name in wanted:
+                D = fn.prediction_distances(p, o, distance=distance, exclude=own, full=full)
                 values[name][rows] = 1 - fn._rank_of_diagonal(D, ties=ties) / ((n - 1) if ties == "mid" else n)
-            if distance == "l1" and "rank" in wanted:
-                D_rank = D if own is None else fn.prediction_distances(p, o, distance="l1")
-                values["rank"][rows] = fn._rank_of_diagonal(D_rank.T, ties="mid") / (n - 1)
+            if full is not None:
+                values["rank"][rows] = fn._rank_of_diagonal(full.T, ties="mid") / (n - 1)
 
 
 def _long(contexts, perts, values: dict[str, np.ndarray], notes: dict[str, np.ndarray] | None = None

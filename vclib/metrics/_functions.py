@@ -170,12 +170,14 @@ def _exclusion_correction(pred, obs, excluded, distance):
 
 
 def prediction_distances(
-    predicted, observed, *, distance: str = "l1", exclude: list | None = None
+    predicted, observed, *, distance: str = "l1", exclude: list | None = None, full: np.ndarray | None = None
 ) -> np.ndarray:
     """Distances ``D[p, q]`` from the prediction of row ``p`` to the observation of row ``q``.
 
     ``exclude[p]`` lists gene indices left out of row ``p``'s distances (its own target genes); the full
     matrix is computed once and each row's excluded genes are subtracted, so no loop over all genes.
+    ``full``: the L1 or L2 :func:`distance_matrix` of the same rows, when the caller already has it (it is not
+    computed again, nor modified).
 
     Examples
     --------
@@ -183,24 +185,30 @@ def prediction_distances(
     array([[0., 1.]])
     """
     pred, obs = _rows(predicted), _rows(observed)
-    if exclude is None or not any(len(e) for e in exclude):
-        return distance_matrix(pred, obs, distance=distance)
-    if distance == "cosine":
-        dots, na2, nb2 = pred @ obs.T, (pred * pred).sum(1), (obs * obs).sum(1)
-        out = np.empty_like(dots)
-        for p, part in enumerate(_exclusion_correction(pred, obs, exclude, distance)):
-            d, a2, b2 = (dots[p], na2[p], nb2) if part is None else (dots[p] - part[0], na2[p] - part[1],
-                                                                      nb2 - part[2])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[p] = 1 - np.nan_to_num(d / np.sqrt(a2 * b2), nan=0.0)
-        return out
-    full = distance_matrix(pred, obs, distance=distance)
-    if distance == "l2":
-        full = full**2
+    excluded = exclude is not None and any(len(e) for e in exclude)
+    if excluded and distance == "cosine":
+        return _cosine_excluding(pred, obs, exclude)
+    if full is None:
+        full = distance_matrix(pred, obs, distance=distance)
+    if not excluded:
+        return full
+    out = full**2 if distance == "l2" else full.copy()
     for p, part in enumerate(_exclusion_correction(pred, obs, exclude, distance)):
         if part is not None:
-            full[p] = np.maximum(full[p] - part, 0)
-    return np.sqrt(full) if distance == "l2" else full
+            out[p] = np.maximum(out[p] - part, 0)
+    return np.sqrt(out) if distance == "l2" else out
+
+
+def _cosine_excluding(pred, obs, exclude) -> np.ndarray:
+    """Cosine distances with each row's excluded genes taken out of the dot products and the norms."""
+    dots, na2, nb2 = pred @ obs.T, (pred * pred).sum(1), (obs * obs).sum(1)
+    out = np.empty_like(dots)
+    for p, part in enumerate(_exclusion_correction(pred, obs, exclude, "cosine")):
+        d, a2, b2 = (dots[p], na2[p], nb2) if part is None else (dots[p] - part[0], na2[p] - part[1],
+                                                                  nb2 - part[2])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[p] = 1 - np.nan_to_num(d / np.sqrt(a2 * b2), nan=0.0)
+    return out
 
 
 def _rank_of_diagonal(D: np.ndarray, *, ties: str) -> np.ndarray:

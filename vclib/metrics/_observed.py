@@ -22,7 +22,9 @@ from vclib.metrics._de import DEResult, rank_genes
 from vclib.schema import (
     CONTEXT_KEY,
     CONTROL,
+    COUNTS,
     DEFAULT_CONTEXT,
+    LOG1P,
     PERTURBATION_KEY,
     SIGNATURE,
     NotApplicable,
@@ -31,6 +33,7 @@ from vclib.schema import (
     check_columns,
     check_labels,
     condition_id,
+    detect_values,
 )
 
 
@@ -57,7 +60,8 @@ def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | Non
 
 
 def check_values(adata: ad.AnnData, side: str) -> None:
-    """Refuse NaN/inf (naming the conditions) and raw counts where log1p values are expected."""
+    """Refuse NaN/inf (naming the conditions) and raw counts where log1p values are expected; stamp the
+    (:func:`in_contract`) copy as log1p when it was not stamped."""
     data = adata.X.data if sparse.issparse(adata.X) else np.asarray(adata.X)
     bad = ~np.isfinite(data)
     if bad.any():
@@ -68,13 +72,16 @@ def check_values(adata: ad.AnnData, side: str) -> None:
         raise VclibInputError(
             f"{side} values hold NaN or inf in {len(names)} condition(s): {', '.join(map(repr, names[:8]))}."
         )
-    if adata.uns.get("vclib", {}).get("values") == "counts" or (
-            data.size and np.nanmax(data) > 20 and np.allclose(data, np.round(data))):
+    stamped = adata.uns["vclib"].get("values")
+    if stamped == COUNTS or (data.size and np.nanmax(data) > 20 and np.allclose(data, np.round(data))) or (
+            stamped is None and detect_values(adata.X) == COUNTS):
         raise VclibInputError(
             f"{side} values look like raw counts (integers up to {np.nanmax(data):.0f}); metrics compare "
             "log1p-normalised expression. Load the data with vc.loaders.read(), which normalises counts "
             "(or apply sc.pp.normalize_total(target_sum=1e4) and sc.pp.log1p first)."
         )
+    if stamped is None:  # checked once here; the pseudobulk and DE of this copy then trust it
+        adata.uns["vclib"]["values"] = LOG1P
 
 
 class Observed:
