@@ -241,6 +241,20 @@ def test_benjamini_hochberg_equals_scipy():
     np.testing.assert_allclose(M.benjamini_hochberg(p[:1]), _bh_by_hand(p[0])[None], rtol=1e-12)
 
 
+def test_midranks_and_de_spearman_equal_scipy():
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        x = rng.integers(0, 6, rng.integers(1, 40)).astype(float)  # heavy ties
+        x[rng.random(x.size) < 0.1] = np.inf
+        x[rng.random(x.size) < 0.1] = -np.inf  # one-sided zeros give infinite lfc with epsilon 0
+        np.testing.assert_array_equal(M.midranks(x), stats.rankdata(x))
+    obs, pred = rng.normal(size=(20, 30)), rng.normal(size=(20, 30)).round(1)
+    obs[:, 0] = -np.inf
+    sig = rng.random((20, 30)) < 0.5
+    expected = [stats.spearmanr(obs[i, sig[i]], pred[i, sig[i]]).statistic for i in range(20)]
+    np.testing.assert_allclose(M.de_spearman(pred, obs, sig), expected, rtol=1e-12)
+
+
 def _bh_by_hand(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg written out: p_(i) * m / i, then the running minimum from the largest p down."""
     m = len(p)

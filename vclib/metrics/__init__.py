@@ -41,6 +41,7 @@ from vclib.metrics._functions import (
     hit_rate_at_k,
     l2,
     mae,
+    midranks,
     mse,
     pearson,
     prediction_distances,
@@ -65,10 +66,10 @@ from vclib.metrics._summary import (
 )
 
 __all__ = [
-    "CEILING", "CEILING_RULES", "CELL_EVAL", "DE_METRICS", "DEResult", "MIN_N", "Metric", "Observed", "REGISTRY",
+    "CEILING", "CEILING_RULES", "CELL_EVAL", "DEResult", "DE_METRICS", "MIN_N", "Metric", "Observed", "REGISTRY",
     "SCORING_DEFAULTS", "aggregate", "benjamini_hochberg", "beyond_ceiling", "calibrate", "ceiling", "check_metrics",
     "cluster_bootstrap", "compare", "cosine", "de_direction", "de_overlap", "de_precision", "de_spearman",
     "discrimination_score", "distance_matrix", "evaluate", "group_rng", "hit_rate_at_k", "l2", "log2_fold_change",
-    "mae", "metric_table", "mse", "pearson", "predict_control", "prediction_distances", "prepare", "rank_genes",
-    "rank_metric", "score", "to_noise_free", "too_few", "top_expressed", "verdict",
+    "mae", "metric_table", "midranks", "mse", "pearson", "predict_control", "prediction_distances", "prepare",
+    "rank_genes", "rank_metric", "score", "to_noise_free", "too_few", "top_expressed", "verdict",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy import stats
 
 DISTANCES = ("l1", "l2", "cosine")
 
@@ -384,5 +383,24 @@ def de_spearman(pred_lfc, obs_lfc, obs_sig) -> np.ndarray:
             a = obs_lfc[i, genes].astype(np.float32).astype(np.float64)
             b = pred_lfc[i, genes].astype(np.float32).astype(np.float64)
             if a.min() < a.max() and b.min() < b.max():  # not constant (inf-safe, unlike np.ptp)
-                out[i] = stats.spearmanr(a, b).statistic
+                out[i] = np.corrcoef(midranks(a), midranks(b))[0, 1]
     return out
+
+
+def midranks(x) -> np.ndarray:
+    """Ranks 1..n with ties given their mean rank (``scipy.stats.rankdata(x)``; ±inf rank as the largest and
+    smallest values). Written out because importing scipy.stats takes about a second, a fifth of scoring a
+    whole screen.
+
+    Examples
+    --------
+    >>> midranks([10.0, 30.0, 20.0, 30.0]).tolist()
+    [1.0, 3.5, 2.0, 3.5]
+    """
+    x = np.asarray(x)
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])  # where each run of ties begins
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat((starts[:-1] + starts[1:] + 1) / 2, np.diff(starts))
+    return ranks
