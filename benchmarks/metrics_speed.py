@@ -101,6 +101,12 @@ def build_files(size: dict, tmp: Path) -> tuple[Path, Path, float]:
 
 # ---------------------------------------------------------------------------------------------- measuring (children)
 
+def evaluate_options(vc) -> dict:
+    """EVALUATE_OPTIONS, with no_de=0 (cell-eval's overlap/precision without observed DE genes) in the vclib
+    versions that have the option (older ones always gave 0), so an older checkout can be measured too."""
+    return EVALUATE_OPTIONS | ({"no_de": 0.0} if "no_de" in inspect.signature(vc.metrics.evaluate).parameters else {})
+
+
 def measure_evaluate(real_path: str, pred_path: str, table_path: str) -> dict:
     import anndata as ad
     import numpy as np
@@ -111,9 +117,7 @@ def measure_evaluate(real_path: str, pred_path: str, table_path: str) -> dict:
                                control_cells=20, seed=0)
     vc.metrics.evaluate(tiny, tiny, context_key=None, predicted_control="predicted", ties="position", epsilon=0.0)
     real, pred = ad.read_h5ad(real_path), ad.read_h5ad(pred_path)
-    # no_de=0: cell-eval's value of overlap/precision without observed DE genes (vclib versions that have it)
-    options = EVALUATE_OPTIONS | ({"no_de": 0.0} if "no_de" in inspect.signature(vc.metrics.evaluate).parameters
-                                  else {})
+    options = evaluate_options(vc)
     times, cpu = [], []
     for _ in range(REPEATS):
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -132,9 +136,8 @@ def whole_process(real_path: str, pred_path: str, table_path: str) -> dict:
 
     import vclib as vc
 
-    options = EVALUATE_OPTIONS | ({"no_de": 0.0} if "no_de" in inspect.signature(vc.metrics.evaluate).parameters
-                                  else {})
-    vc.metrics.evaluate(ad.read_h5ad(pred_path), ad.read_h5ad(real_path), **options).to_csv(table_path, index=False)
+    vc.metrics.evaluate(ad.read_h5ad(pred_path), ad.read_h5ad(real_path), **evaluate_options(vc)).to_csv(
+        table_path, index=False)
     return {"vclib": vc.__file__}
 
 
@@ -237,7 +240,7 @@ def measure_checkout(real: Path, pred: Path, tmp: Path, size: dict, label: str, 
           f"{ev['peak_gb']:.2f} GB; {contention(ev)}")
     whole = in_child("--whole-process", str(real), str(pred), str(tmp / f"vclib-{label}-process.csv"), vclib=vclib)
     print(f"[{label}] vclib as a whole process (python start, import vclib, read both h5ad, evaluate, write the "
-          f"CSV): {whole['process_s']:.2f} s; {contention(whole)}")
+          f"CSV): {whole['process_s']:.2f} s; {contention(whole)}; vclib from {Path(whole['vclib']).parent}")
     pds = in_child("--measure-pds", str(size["pds_perturbations"]), str(size["pds_genes"]), vclib=vclib)
     print(f"[{label}] vclib discrimination_score L1, {size['pds_perturbations']:,} x {size['pds_genes']:,} random "
           f"float32 deltas: {pds['seconds']:.2f} s (CPU {pds['cpu_seconds']:.1f} s) (target <= {TARGET_PDS_S:.0f} s: "

@@ -76,15 +76,16 @@ def group_means(X, codes: np.ndarray, n_groups: int, *, values: str = LOG1P,
     """
     sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
     sizes = np.bincount(codes[codes >= 0], minlength=n_groups)
-    if values == LOG1P and (isinstance(X, np.ndarray) or sparse.issparse(X)):
-        chunk_size = max(X.shape[0], 1)  # in memory: one product with X itself, no row-block copies
-    for start in range(0, X.shape[0], chunk_size):
-        stop = min(start + chunk_size, X.shape[0])
+    # log1p in memory: one pass over X itself, no row-block copies; backed files and counts go by row blocks
+    whole = values == LOG1P and (isinstance(X, np.ndarray) or sparse.issparse(X))
+    step = max(X.shape[0], 1) if whole else chunk_size
+    for start in range(0, X.shape[0], step):
+        stop = min(start + step, X.shape[0])
         c = codes[start:stop]
         keep = np.flatnonzero(c >= 0)
         if keep.size == 0:
             continue
-        block = _log1p_block(X if (start, stop) == (0, X.shape[0]) else X[start:stop], values)
+        block = X if whole else _log1p_block(X[start:stop], values)
         if sparse.issparse(block):
             block = sparse.csr_matrix(block)
             _add_group_sums(block.indptr, block.indices, block.data, c, sums)
