@@ -388,11 +388,12 @@ def rank_genes(
         offsets = np.append(starts, order.size).astype(np.int64)
         pvals.append(_pvalues(X, ctrl_rows, order, offsets, tie_correction=tie_correction,
                               continuity=continuity))
-        codes = np.full(X.shape[0], -1)  # group of each cell, the control last
+        codes = np.full(X.shape[0], -1)  # group of each perturbed cell
         codes[order] = np.repeat(np.arange(names.size), counts)
-        codes[ctrl_rows] = names.size
-        means, _ = group_means(X, codes, names.size + 1)
-        lfcs.append(log2_fold_change(means[:-1], means[-1:], epsilon=epsilon))
+        means, _ = group_means(X, codes, names.size)
+        # the control mean in X's own precision (float32 files: float32), as cell-eval/pdex take it
+        ctrl_mean = np.asarray(X[ctrl_rows].mean(axis=0), dtype=np.float64).ravel()
+        lfcs.append(log2_fold_change(means, ctrl_mean[None, :], epsilon=epsilon))
         rows.append(pd.DataFrame({CONTEXT_KEY: ctx, PERTURBATION_KEY: names, "n_cells": counts,
                                   "n_control": ctrl_rows.size}))
     if not rows:
