@@ -41,3 +41,25 @@ def test_drawn_screen_is_in_cell_eval_layout_and_scores(tmp_path):
     assert vc.schema.detect_values(real.X) == "log1p"
     table = vc.metrics.evaluate(ad.read_h5ad(tmp_path / "pred.h5ad"), real, **vc.metrics.CELL_EVAL)
     assert set(table["perturbation"]) >= {f"P{i}" for i in range(4)}
+
+
+def test_parity_tells_a_cut_inside_tied_lfc_from_a_real_difference(tmp_path):
+    speed = _script("metrics_speed")
+    import pandas as pd
+
+    # perturbation A: 2 observed DE genes; the prediction's 3 significant genes tie at -inf, so its top-2 cut is
+    # inside a tie. B: no tie at the cut (|lfc| 3 > 2 > 1).
+    def table(rows):
+        return pd.DataFrame(rows, columns=["target", "feature", "log2_fold_change", "fdr"])
+
+    table([("A", "g1", 2.0, 0.01), ("A", "g2", 1.0, 0.01), ("B", "g1", 3.0, 0.01), ("B", "g2", 2.0, 0.01)]).to_csv(
+        tmp_path / "real_de.csv", index=False)
+    table([("A", "g1", -np.inf, 0.01), ("A", "g2", -np.inf, 0.01), ("A", "g3", -np.inf, 0.01),
+           ("B", "g1", 3.0, 0.01), ("B", "g2", 2.0, 0.01), ("B", "g3", 1.0, 0.01), ("B", "g4", 9.0, 0.5)]).to_csv(
+        tmp_path / "pred_de.csv", index=False)
+    ce = pd.DataFrame({"overlap_at_N": [0.5, 1.0]}, index=["A", "B"])
+    for vclib_values, expected in (([1.0, 1.0], (1, 0)), ([0.5, 0.5], (0, 1)), ([1.0, 0.5], (1, 1))):
+        vcl = pd.DataFrame({"overlap_at_N": vclib_values}, index=["A", "B"])
+        note = speed.tied_cuts(tmp_path, ce, vcl, ["overlap_at_N"])
+        assert f"{expected[0]} have their top-k cut inside exactly tied" in note and f"{expected[1]} do not" in note
+    assert speed.tied_cuts(tmp_path, ce, ce, ["overlap_at_N"]) == ""
