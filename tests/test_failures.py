@@ -143,6 +143,26 @@ def test_drivers_by_split_is_error_drivers_per_split():
     assert none.empty and none.attrs["skipped"][0]["analysis"] == "error drivers"
 
 
+def test_error_drivers_spearman_equals_scipy_with_ties_and_its_bootstrap_percentiles():
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    n = 40
+    table = pd.DataFrame({"model": "m", "metric": "mse", "value": rng.normal(size=n).round(1),  # tied scores
+                          "x": rng.integers(0, 5, n).astype(float), "z": rng.normal(size=n)})
+    drivers = F.error_drivers(table, model="m", metric="mse", covariates=["x", "z"], n_boot=50, seed=3)
+    drivers = drivers.set_index("covariate")
+    y = table["value"].to_numpy()
+    boot = np.random.default_rng(3)
+    resamples = [boot.integers(0, n, n) for _ in range(50)]
+    for c in ("x", "z"):
+        v = table[c].to_numpy()
+        assert drivers.loc[c, "spearman"] == pytest.approx(stats.spearmanr(v, y).statistic, abs=1e-12)
+        rho = [stats.spearmanr(v[i], y[i]).statistic for i in resamples]
+        assert drivers.loc[c, "spearman_low"] == pytest.approx(np.nanpercentile(rho, 2.5), abs=1e-12)
+        assert drivers.loc[c, "spearman_high"] == pytest.approx(np.nanpercentile(rho, 97.5), abs=1e-12)
+
+
 def test_error_drivers_find_the_real_covariate():
     table = _synthetic_table(np.random.default_rng(1))
     drivers = F.error_drivers(table, model="base", metric="pearson_delta", covariates=["x", "z"], n_boot=300)

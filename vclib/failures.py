@@ -26,11 +26,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from vclib import pseudobulk as pbk
 from vclib.benchmark import load_predictions, read_scores
-from vclib.metrics import MIN_N, REGISTRY, Observed, compare, prepare, too_few
+from vclib.metrics import MIN_N, REGISTRY, Observed, compare, midranks, prepare, too_few
 from vclib.metrics._de import DEResult
 from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, SIGNATURE, VclibInputError, condition_id, targets
 
@@ -356,7 +355,11 @@ def error_drivers(
         Z = (Xi - Xi.mean(axis=0)) / np.where(sd > 0, sd, np.nan)
         Z = np.nan_to_num(Z)
         coef = np.linalg.lstsq(np.column_stack([np.ones(len(yi)), Z]), yi, rcond=None)[0][1:]
-        rho = [stats.spearmanr(Xi[:, j], yi).statistic if np.ptp(Xi[:, j]) > 0 else np.nan for j in range(X.shape[1])]
+        # Spearman = Pearson of mid-ranks (scipy.stats.spearmanr per call cost ~40x more, 500 resamples per fit)
+        ry = midranks(yi)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = [np.corrcoef(midranks(Xi[:, j]), ry)[0, 1] if np.ptp(Xi[:, j]) > 0 else np.nan
+                   for j in range(X.shape[1])]
         return np.array(rho), coef
 
     rho, coef = fit(np.arange(len(y)))
