@@ -217,24 +217,26 @@ def parity_summary(outdir: Path, table_path: Path) -> str:
     table = pd.read_csv(table_path)
     vcl = table[table["perturbation"] != "*"].pivot(index="perturbation", columns="metric", values="value")
     shared = sorted(set(ce.columns) & set(vcl.columns))
-    worst = {}
+    worst, differing = {}, {}
     for m in shared:
         a, b = ce[m].to_numpy(float), vcl.loc[ce.index.astype(str), m].to_numpy(float)
         with np.errstate(invalid="ignore"):
-            d = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
-        worst[m] = float(np.nan_to_num(d, nan=np.inf).max())
+            d = np.nan_to_num(np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b)), nan=np.inf)
+        worst[m] = float(d.max())
+        differing[m] = ce.index.astype(str)[d > 1e-6].tolist()
     ok = [m for m, d in worst.items() if d <= 1e-6]
     bad = ", ".join(f"{m} {d:.2g}" for m, d in worst.items() if d > 1e-6) or "none"
     top = max(worst, key=worst.get)
-    ties = tied_cuts(outdir, ce, vcl, [m for m, d in worst.items() if d > 1e-6])
+    ties = tied_cuts(outdir, {m: perts for m, perts in differing.items() if perts})
     return (f"{len(ok)}/{len(shared)} shared metrics within 1e-6 of cell-eval (largest: {top} {worst[top]:.2g}); "
             f"beyond 1e-6: {bad}{ties}")
 
 
-def tied_cuts(outdir: Path, ce, vcl, metrics: list[str]) -> str:
-    """For overlap/precision differences: does the top-k cut fall inside a block of exactly tied float32 |lfc|
-    in cell-eval's own DE tables? cell-eval orders tied genes by polars' rank("ordinal") over an unstable sort,
-    so there its choice is arbitrary; vclib keeps the genes' order. Other differences are reported as such."""
+def tied_cuts(outdir: Path, differing: dict[str, list[str]]) -> str:
+    """For overlap/precision differences (``differing``: metric -> perturbations beyond 1e-6): does the top-k cut
+    fall inside a block of exactly tied float32 |lfc| in cell-eval's own DE tables? cell-eval orders tied genes by
+    polars' rank("ordinal") over an unstable sort, so there its choice is arbitrary; vclib keeps the genes' order.
+    Other differences are reported as such."""
     import numpy as np
     import pandas as pd
 
@@ -245,13 +247,11 @@ def tied_cuts(outdir: Path, ce, vcl, metrics: list[str]) -> str:
         de = de.assign(abs32=de["log2_fold_change"].abs().astype(np.float32))
         lists[side] = {t: np.sort(g["abs32"].to_numpy())[::-1] for t, g in de.groupby("target")}
     in_tie = other = 0
-    for m in metrics:
+    for m, perts in differing.items():
         kind, _, k = m.partition("_at_")
         if kind not in ("overlap", "precision"):
             continue
-        for pert in ce.index.astype(str):
-            if abs(ce.loc[pert, m] - vcl.loc[pert, m]) <= 1e-6:
-                continue
+        for pert in perts:
             real, pred = (lists[s].get(pert, np.array([])) for s in ("real", "pred"))
             size = real.size if kind == "overlap" else pred.size
             k_eff = size if k == "N" else min(int(k), size)
