@@ -78,6 +78,77 @@ def test_distance_matrix_matches_scipy(distance):
     np.testing.assert_allclose(M.distance_matrix(a, b, distance=distance), expected, rtol=1e-9, atol=1e-9)
 
 
+def _sequential_l1(a, b):
+    """L1 distances summed over genes one at a time, in order (cumsum is sequential), in float64."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.array([np.cumsum(np.abs(row[None, :] - b), axis=1)[:, -1] for row in a])
+
+
+def test_l1_matrix_is_the_plain_loop_to_the_bit():
+    # 130 x 260 rows cross the kernel's 128-row and 256-column tiles; 1,030 genes are not a multiple of 4
+    rng = np.random.default_rng(12)
+    a, b = rng.normal(size=(130, 1030)).astype(np.float32), rng.normal(size=(260, 1030))
+    np.testing.assert_array_equal(M.distance_matrix(a, b, distance="l1"), _sequential_l1(a, b))
+
+
+def _naive_ranks(D, *, ties):
+    """Per row p, the number of other columns closer than column p (ties half, or ties before p)."""
+    out = []
+    for p, d in enumerate(D):
+        others = np.delete(np.arange(len(d)), p)
+        tied = d[others] == d[p]
+        out.append(np.sum(d[others] < d[p]) + (tied.sum() / 2 if ties == "mid" else tied[others < p].sum()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("design", ["near", "mixed"])
+def test_ranking_skips_only_pairs_it_does_not_need(design):
+    # "near": predictions near their own observation let most tiles stop early (+inf). "mixed": half the
+    # predictions are far off, so a pair can be farther than its row's own distance (PDS) but closer than its
+    # column's (rank metric): such tiles must not stop. Either way the ranks are those of the complete matrix,
+    # with exact ties (duplicated rows) and each row's own genes left out.
+    rng = np.random.default_rng(13)
+    n, g = 300, 1100
+    obs = rng.normal(size=(n, g))
+    scale = np.where(np.arange(n) < n // 2, 0.5, 3.0 if design == "mixed" else 0.5)[:, None]
+    pred = obs + rng.normal(size=(n, g)) * scale
+    pred[290], obs[295] = pred[291], obs[296]  # ties, in the last row and column tiles (which cannot stop)
+    own = [list(rng.choice(g, size=rng.integers(0, 3), replace=False)) for _ in range(n)]
+    D_pds = M.prediction_distances(pred, obs, distance="l1", exclude=own)  # complete matrix
+    D_rank = M.distance_matrix(pred, obs, distance="l1")
+    skipped = M._functions._l1_for_ranks(pred, obs, exclude=own, rows=True, cols=True)
+    if design == "near":
+        assert np.isinf(skipped).mean() > 0.5  # the early exit happened
+    finite = np.isfinite(skipped)
+    np.testing.assert_array_equal(skipped[finite], D_rank[finite])
+    rows, cols = np.nonzero(~finite)
+    assert (D_pds[rows, cols] > D_pds[rows, rows]).all() and (D_rank[rows, cols] > D_rank[cols, cols]).all()
+    for ties in ("mid", "position"):
+        expected = 1 - _naive_ranks(D_pds, ties=ties) / ((n - 1) if ties == "mid" else n)
+        np.testing.assert_array_equal(M.discrimination_score(pred, obs, exclude=own, ties=ties), expected)
+    np.testing.assert_array_equal(M.rank_metric(pred, obs), _naive_ranks(D_rank.T, ties="mid") / (n - 1))
+    constant = np.tile(pred[0], (n, 1))  # nothing can stop early; still exactly 0.5 on average
+    assert not np.isinf(M._functions._l1_for_ranks(constant, obs)).any()
+    assert M.discrimination_score(constant, obs).mean() == pytest.approx(0.5, abs=1e-12)
+
+
+def test_ranking_early_exit_leaves_out_the_excluded_genes():
+    # Observation 5 copies observation 0, far off on gene 0 (which row 0 leaves out) and exactly right on gene 1:
+    # without gene 0 it is closer to prediction 0 than observation 0 is, although the partial sums, which
+    # include gene 0, pass row 0's own distance within the first 512 genes.
+    rng = np.random.default_rng(14)
+    obs = rng.normal(size=(20, 1100))
+    obs[5] = obs[0]
+    obs[5, 0] += 1000
+    pred = obs + rng.normal(scale=0.5, size=obs.shape)
+    obs[5, 1] = pred[0, 1]
+    own = [[0]] + [[]] * 19
+    D = M.prediction_distances(pred, obs, distance="l1", exclude=own)
+    assert D[0, 5] < D[0, 0]
+    np.testing.assert_array_equal(M.discrimination_score(pred, obs, exclude=own),
+                                  1 - _naive_ranks(D, ties="mid") / 19)
+
+
 @pytest.mark.parametrize("distance", ["l1", "l2", "cosine"])
 def test_exclusion_equals_dropping_the_genes(distance):
     rng = np.random.default_rng(2)

@@ -427,7 +427,8 @@ def score(pred_pb: ad.AnnData, obs: Observed, names: list[str], metrics: list[st
 
 def _ranking_metrics(values, notes, metrics, dP, dO, contexts, perts, *, exclude, ties, gene_index) -> None:
     """PDS (three distances) and the rank metric, per context. One distance matrix per (context, distance): the
-    L1 matrix serves both PDS and the rank metric, on the genes left after the exclusion."""
+    L1 matrix serves both PDS and the rank metric, on the genes left after the exclusion, and skips the pairs
+    that neither needs (``_l1_for_ranks``)."""
     wanted = [m for m in metrics if m.startswith("discrimination_score_") or m == "rank"]
     for m in wanted:
         values[m] = np.full(len(contexts), np.nan)
@@ -447,11 +448,12 @@ def _ranking_metrics(values, notes, metrics, dP, dO, contexts, perts, *, exclude
             if name not in wanted and not (distance == "l1" and "rank" in wanted):
                 continue
             n = len(rows)
-            full = fn.distance_matrix(p, o, distance="l1") if distance == "l1" and "rank" in wanted else None
+            full = (fn._l1_for_ranks(p, o, exclude=own, rows=name in wanted, cols="rank" in wanted)
+                    if distance == "l1" else None)
             if name in wanted:
                 D = fn.prediction_distances(p, o, distance=distance, exclude=own, full=full)
                 values[name][rows] = 1 - fn._rank_of_diagonal(D, ties=ties) / ((n - 1) if ties == "mid" else n)
-            if full is not None:
+            if full is not None and "rank" in wanted:
                 values["rank"][rows] = fn._rank_of_diagonal(full.T, ties="mid") / (n - 1)
 
 
