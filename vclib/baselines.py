@@ -48,6 +48,8 @@ class PseudobulkBaseline(BaseEstimator):
         self.delta_ = X[~is_control] - np.vstack([self.controls_[c] for c in contexts[~is_control]]) \
             if (~is_control).any() else np.zeros((0, X.shape[1]))
         self.delta_obs_ = pd.DataFrame({CONTEXT_KEY: contexts[~is_control], PERTURBATION_KEY: perts[~is_control]})
+        # rows of each perturbation, for _deltas_of (called once per predicted condition)
+        self.rows_of_ = pd.Series(np.arange(len(self.delta_obs_))).groupby(perts[~is_control]).indices
         self.mean_delta_ = self.delta_.mean(axis=0) if len(self.delta_) else np.zeros(X.shape[1])
         self.note_ = ""  # what a model has to say about this fit (e.g. it fell back to the training mean)
         self._fit()
@@ -72,12 +74,14 @@ class PseudobulkBaseline(BaseEstimator):
 
     # helpers for subclasses
     def _deltas_of(self, perturbation: str, *, context: str | None = None, exclude_context: str | None = None):
-        rows = self.delta_obs_[PERTURBATION_KEY] == perturbation
+        rows = self.rows_of_.get(perturbation, np.zeros(0, dtype=np.int64))
+        contexts = self.delta_obs_[CONTEXT_KEY].to_numpy()[rows]
+        keep = np.ones(len(rows), dtype=bool)
         if context is not None:
-            rows &= self.delta_obs_[CONTEXT_KEY] == context
+            keep &= contexts == context
         if exclude_context is not None:
-            rows &= self.delta_obs_[CONTEXT_KEY] != exclude_context
-        return self.delta_[rows.to_numpy()], self.delta_obs_.loc[rows, CONTEXT_KEY].to_numpy()
+            keep &= contexts != exclude_context
+        return self.delta_[rows[keep]], contexts[keep]
 
 
 class NoChange(PseudobulkBaseline):

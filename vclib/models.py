@@ -74,11 +74,15 @@ class MLP(PseudobulkBaseline):
         gene = _perturbation_embedding(self.G_, self.genes_, perturbations)
         ctx = np.vstack([self.context_embedding_[c] for c in contexts])
         elsewhere = np.zeros((len(contexts), self.out_pca_.n_components_ + 1))
+        seen, means = [], []
         for i, (c, p) in enumerate(zip(contexts, perturbations, strict=True)):
             deltas, _ = self._deltas_of(p, exclude_context=c)
             if len(deltas):
-                elsewhere[i, :-1] = self.out_pca_.transform(deltas.mean(axis=0, keepdims=True))[0]
-                elsewhere[i, -1] = 1.0
+                seen.append(i)
+                means.append(deltas.mean(axis=0))
+        if seen:  # one transform for all rows (sklearn's per-call checks cost more than the product)
+            elsewhere[seen, :-1] = self.out_pca_.transform(np.vstack(means))
+            elsewhere[seen, -1] = 1.0
         return np.hstack([gene, ctx, elsewhere])
 
     def _fit(self):
