@@ -302,6 +302,18 @@ def test_download_verifies_the_checksum_and_caches(server, tmp_path):
     assert vc.loaders.fetch(offline, cache_dir=cache, progressbar=False) == [path]
 
 
+def test_mirror_serves_the_registry_files_under_their_cache_names(server, tmp_path, monkeypatch):
+    base, root = server
+    _pertpy_kang().write_h5ad(root / "kang_2018.h5ad")  # a mirror holds the file under its cache name
+    monkeypatch.setenv("VCLIB_DATA_MIRROR", base + "/")
+    assert vc.loaders.fetch("kang_2018", cache_dir=tmp_path / "cache", progressbar=False) == [
+        tmp_path / "cache" / "kang_2018.h5ad"]
+    assert (tmp_path / "cache" / "kang_2018.h5ad").read_bytes() == (root / "kang_2018.h5ad").read_bytes()
+    (root / "kang_2018.h5ad").write_bytes(b"not an h5ad")  # verified the same way as the public address
+    with pytest.raises(DownloadError, match=re.escape(f"{base}/kang_2018.h5ad")):
+        vc.loaders.fetch("kang_2018", cache_dir=tmp_path / "other", progressbar=False)
+
+
 def test_load_by_name_reads_the_cache_into_the_contract(server, tmp_path):
     entry, _ = _serve_kang(server)
     cache = tmp_path / "cache"

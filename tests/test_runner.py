@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-import anndata as ad
 import nbformat
-import pandas as pd
 import pytest
 
 import vclib as vc
@@ -52,59 +50,6 @@ def test_resume_needs_same_parameters(tmp_path):
         {"vclib_version": vc.__version__, "parameters": {"SEED": 1}, "notebooks": []}))
     with pytest.raises(VclibInputError, match=r"resuming needs the same parameters"):
         runner.run(parameters={"SEED": 2}, resume=run_dir)
-
-
-@pytest.mark.notebooks
-def test_run_all_notebooks(tmp_path):
-    """`vclib run` executes every notebook in order and the tables they promise are there and sensible."""
-    code = cli.main(["run", "simulated", "-p", "FAST", "True", "--results", str(tmp_path), "--name", "t"])
-    assert code == 0
-    run_dir = tmp_path / "t"
-    for path in runner.notebooks():
-        executed = nbformat.read(run_dir / path.name, as_version=4)
-        assert all(o.get("output_type") != "error" for c in executed.cells for o in c.get("outputs", []))
-        assert (run_dir / path.with_suffix(".html").name).stat().st_size > 10_000
-    record = json.loads((run_dir / runner.RUN_FILE).read_text())
-    assert record["parameters"] == {"FAST": True, "DATASET": "simulated"}
-
-    # notebook 01's tables, checked against the data they describe
-    data = vc.loaders.load("simulated", small=True)
-    counts = pd.read_csv(run_dir / "coverage_cells.csv", index_col=0)
-    pd.testing.assert_frame_equal(counts, vc.coverage.cell_counts(data), check_names=False)
-    pb = ad.read_h5ad(run_dir / "pseudobulk.h5ad")
-    assert pb.obs["n_cells"].sum() == data.n_obs
-    assert (run_dir / "coverage_heatmap.png").stat().st_size > 1000
-
-    # notebook 02's tables: every model of the notebook on every split, scores consistent with the summary
-    scores = pd.read_csv(run_dir / "benchmark_scores.csv", dtype={"fold": str})
-    summary = pd.read_csv(run_dir / "benchmark_summary.csv")
-    assert {"no_change", "training_mean", "linear", "mlp", "ceiling"} <= set(scores["model"])
-    assert set(scores["split"]) == {"unseen_perturbation", "unseen_context", "combinations"}  # SPLITS = None
-    row = summary[(summary["model"] == "linear") & (summary["split"] == "unseen_context")
-                  & (summary["metric"] == "pearson_delta")].iloc[0]
-    chosen = scores[(scores["model"] == "linear") & (scores["split"] == "unseen_context")
-                    & (scores["metric"] == "pearson_delta")]["value"]
-    assert row["mean"] == pytest.approx(chosen.mean())
-    best = pd.read_csv(run_dir / "benchmark_best.csv")
-    ranked = best["best_model"].notna()  # the other rows say why nothing could be ranked
-    assert best.loc[~ranked, "note"].str.len().gt(10).all()
-    assert set(best.loc[ranked, "beats_best_baseline"]) <= {"yes", "no", "tie", "a baseline is best"}
-    assert any((run_dir / "benchmark" / "cells").glob("*.csv"))
-
-    # notebook 03's tables and the run's report
-    conditions = pd.read_csv(run_dir / "failures_conditions.csv", dtype={"fold": str})
-    assert len(conditions) == (scores["perturbation"] != "*").sum()
-    assert conditions["n_training_contexts"].notna().all()
-    assert (run_dir / "failures_hit_rate.csv").exists() and (run_dir / "failures_worst.csv").exists()
-    index = (run_dir / "index.html").read_text()
-    for path in runner.notebooks():
-        assert path.with_suffix(".html").name in index
-    assert best["best_model"].iloc[0] in index
-
-    # a second run goes to a new folder; resuming a finished run does nothing
-    before = (run_dir / "01_context_coverage.ipynb").stat().st_mtime_ns
-    assert runner.run(parameters={"FAST": True, "DATASET": "simulated"}, resume=run_dir, html=False) == run_dir
-    assert (run_dir / "01_context_coverage.ipynb").stat().st_mtime_ns == before
 
 
 @pytest.mark.notebooks

@@ -47,6 +47,21 @@ from vclib.loaders._read import read
 from vclib.schema import COMBINATION_SEP, CONTEXT_KEY, MISSING_LABELS, PERTURBATION_KEY, VclibInputError, validate
 
 ENV_VAR = "VCLIB_DATA_DIR"
+MIRROR_VAR = "VCLIB_DATA_MIRROR"  # base URL of a mirror holding the registry's files under their cache names
+
+
+def source_url(entry: Dataset) -> str:
+    """Where an entry's file is downloaded from: its public URL, or ``$VCLIB_DATA_MIRROR/<filename>`` when that
+    variable is set (an institutional or local mirror, e.g. for compute nodes without internet access). The
+    file is verified the same way wherever it comes from.
+
+    Examples
+    --------
+    >>> source_url(REGISTRY["kang_2018"])
+    'https://figshare.com/ndownloader/files/34464122'
+    """
+    mirror = os.environ.get(MIRROR_VAR, "").strip()
+    return f"{mirror.rstrip('/')}/{entry.filename}" if mirror else entry.url
 
 
 class DownloadError(VclibInputError):
@@ -596,27 +611,28 @@ def _download(entry: Dataset, folder: Path, *, progressbar: bool, note: str = ""
     """Download an entry's file into ``folder``: staged, verified, then moved to its name; ``note`` explains
     why (a cached file that failed)."""
     folder.mkdir(parents=True, exist_ok=True)
+    url = source_url(entry)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as staging:
         try:
-            staged = Path(pooch.retrieve(entry.url, entry.known_hash, fname=entry.filename, path=staging,
+            staged = Path(pooch.retrieve(url, entry.known_hash, fname=entry.filename, path=staging,
                                          progressbar=progressbar))
         except ValueError as err:  # pooch's checksum mismatch; the download was deleted
             if "hash" not in str(err):
                 raise
             raise DownloadError(
-                f"the file downloaded from {entry.url} for dataset {entry.name!r} does not match its published "
+                f"the file downloaded from {url} for dataset {entry.name!r} does not match its published "
                 f"checksum ({err}). Nothing was kept in the cache. Try again later; if it persists the source "
                 f"changed the file: report it. " + _manual_hint(entry, folder)
             ) from None
         except Exception as err:  # requests' connection/HTTP/incomplete-read errors, OS errors
             raise DownloadError(
-                f"could not download dataset {entry.name!r} from {entry.url} ({type(err).__name__}: {err}). "
+                f"could not download dataset {entry.name!r} from {url} ({type(err).__name__}: {err}). "
                 f"Nothing was kept in the cache.{note} " + _manual_hint(entry, folder)
             ) from None
         problem = None if entry.known_hash else _wrong_size(staged, entry.size_bytes) or _unreadable(staged)
         if problem is not None:
             raise DownloadError(
-                f"the file downloaded from {entry.url} for dataset {entry.name!r} {problem}: the download was cut "
+                f"the file downloaded from {url} for dataset {entry.name!r} {problem}: the download was cut "
                 f"short or is another file. Nothing was kept in the cache.{note} Try again; if it persists, "
                 "download it by other means. " + _manual_hint(entry, folder)
             )
