@@ -87,6 +87,13 @@ def _complete(run_dir) -> None:
     assert not list(run_dir.glob(".partial-*")) and "(not run)" not in (run_dir / runner.REPORT_FILE).read_text()
 
 
+def test_progress_names_the_notebook_and_the_running_section(tmp_path, capsys):
+    notebooks = _tiny_notebooks(tmp_path / "nb")
+    runner.run(results_dir=tmp_path, name="r", notebooks_dir=notebooks, html=False)
+    shown = capsys.readouterr().out
+    assert "1/2 01_first · Step 1" in shown and "2/2 02_second · Step 2" in shown
+
+
 def test_kill_during_a_notebook_resumes_to_a_complete_report(tmp_path, monkeypatch):
     import papermill as pm
 

@@ -204,6 +204,29 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
+def _section_engine():
+    """papermill's nbclient engine, with the progress bar's label naming the section of the running cell (the grid
+    of notebook 02 runs for minutes: the bar says so instead of looking stalled). Registered as ``"vclib"``."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class SectionEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            label, start = (nb_man.pbar.desc if nb_man.pbar else ""), nb_man.cell_start
+
+            def cell_start(cell, cell_index=None, **options):
+                start(cell, cell_index, **options)
+                if nb_man.pbar is not None and cell_index is not None:
+                    section = _section(nb_man.nb, cell_index)
+                    nb_man.pbar.set_description(f"{label} · {section[:40]}", refresh=True)
+
+            nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register("vclib", SectionEngine)
+    return "vclib"
+
+
 def _export_html(notebook: Path, target: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
@@ -323,7 +346,8 @@ def run(
         try:
             with _stderr_to(log):
                 pm.execute_notebook(str(path), str(partial), parameters=own, cwd=str(path.parent),
-                                    kernel_name=kernel_name, progress_bar=bar, execution_timeout=CELL_TIMEOUT)
+                                    kernel_name=kernel_name, progress_bar=bar, execution_timeout=CELL_TIMEOUT,
+                                    engine_name=_section_engine())
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted in {path.name}; the finished notebooks are kept. Resume with: vclib run "
                               f"--resume {run_dir}") from None
