@@ -550,8 +550,9 @@ def test_two_seed_compare_pairs_on_seed_and_counts_perturbations():
     for seed in (0, 1):
         base = rng.normal(size=20)
         for model, shift in (("b", 0.0), ("a", 1.0 + seed)):  # seed 1's model is 2 better, seed 0's 1
-            rows.append(pd.DataFrame({"model": model, "split": "s", "fold": "0", "seed": seed, "metric": "pearson_delta",
-                                      "context": "c", "perturbation": [f"p{i}" for i in range(20)],
+            rows.append(pd.DataFrame({"model": model, "split": "s", "fold": "0", "seed": seed,
+                                      "metric": "pearson_delta", "context": "c",
+                                      "perturbation": [f"p{i}" for i in range(20)],
                                       "value": base + shift}))
     row = M.compare(pd.concat(rows), baseline="b").iloc[0]
     # paired within a seed the difference is exactly 1 or 2 (mean 1.5); pairing across seeds would add noise
@@ -570,7 +571,8 @@ def test_compare_direction_follows_the_registry():
 def _scores(values: dict, n: int = 8, noise: float = 0.01) -> pd.DataFrame:
     rng = np.random.default_rng(9)
     return pd.concat([pd.DataFrame({"model": m, "split": "s", "metric": metric, "context": "c",
-                                    "perturbation": [f"p{i}" for i in range(n)], "value": v + noise * rng.normal(size=n)})
+                                    "perturbation": [f"p{i}" for i in range(n)],
+                                    "value": v + noise * rng.normal(size=n)})
                       for (m, metric), v in values.items()], ignore_index=True)
 
 
@@ -717,7 +719,8 @@ def test_r2_of_mean_expression_closed_form(data):
 def test_a_pseudobulk_with_a_duplicated_condition_is_refused(data):
     adata, de, pb = data
     twice = ad.concat([pb, pb[5:6]])
-    with pytest.raises(VclibInputError, match=rf"1 predicted condition\(s\) have more than one row \('{pb.obs_names[5]}'\)"
+    with pytest.raises(VclibInputError,
+                       match=rf"1 predicted condition\(s\) have more than one row \('{pb.obs_names[5]}'\)"
                                               r".*predicted_level='cells'"):
         M.evaluate(twice, adata, observed_de=de)
 

@@ -653,7 +653,7 @@ def best_models(
                                & (summary["metric"] == metric)]
         c = ceiling_rows["mean"].iloc[0] if len(ceiling_rows) else np.nan
 
-        def calibrated(model: str) -> tuple[float, str]:
+        def calibrated(model: str, calibration=calibration) -> tuple[float, str]:
             if calibration is None or model not in calibration.index:
                 return np.nan, "no ceiling" if calibration is None else ""
             return calibration.at[model, "calibrated"], calibration.at[model, "calibration_note"]

@@ -24,8 +24,8 @@ from vclib.schema import VclibInputError
 LOG_FILE = "vclib.log"
 CELL_TIMEOUT = 3600  # seconds; a stuck cell fails the run instead of blocking it forever
 
-__all__ = ["LOG_FILE", "REPORT_FILE", "RUN_FILE", "Interrupted", "RunError", "declared_parameters", "key_figures", "notebooks",
-           "parse_parameters", "parse_value", "run"]
+__all__ = ["LOG_FILE", "REPORT_FILE", "RUN_FILE", "Interrupted", "RunError", "declared_parameters", "key_figures",
+           "notebooks", "parse_parameters", "parse_value", "run"]
 
 
 class RunError(VclibInputError):

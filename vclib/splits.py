@@ -154,7 +154,8 @@ def combinations(data: ad.AnnData, *, holdout_singles: float = 0.3, seed: int | 
     True
     """
     if not 0 <= holdout_singles < 1:
-        raise VclibInputError(f"holdout_singles is the fraction of singles held out, in [0, 1); got {holdout_singles!r}.")
+        raise VclibInputError(
+            f"holdout_singles is the fraction of singles held out, in [0, 1); got {holdout_singles!r}.")
     conditions = _conditions(data)
     is_double = conditions[PERTURBATION_KEY].str.contains(COMBINATION_SEP, regex=False).to_numpy()
     if not is_double.any():

@@ -307,7 +307,8 @@ def ceiling(
             if unknown:
                 raise VclibInputError(f"condition(s) {', '.join(map(repr, unknown[:8]))} not in the observed data.")
             raise VclibInputError(
-                f"{len(bad)} condition(s) cannot be split in halves for the noise ceiling ({', '.join(map(repr, bad[:8]))}):"
+                f"{len(bad)} condition(s) cannot be split in halves for the noise ceiling "
+                f"({', '.join(map(repr, bad[:8]))}):"
                 " a condition needs 2 or more cells and its context 2 or more control cells. Leave them out of "
                 "conditions=, or pass conditions=None to score every condition that can be split."
             )
@@ -351,7 +352,8 @@ def to_noise_free(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         out[corr & ~defined] = np.nan
         notes[corr & (r <= -1)] = "split-half r = -1: Spearman-Brown undefined"
         nonpositive = defined & (reliability <= 0)
-        notes[nonpositive] = "split-half r <= 0: reliability <= 0, so a noise-free prediction's expected correlation is 0"
+        notes[nonpositive] = ("split-half r <= 0: reliability <= 0, so a noise-free prediction's expected "
+                              "correlation is 0")
         squared_r = rule == "disattenuated_r2"
         root = np.sqrt(r.clip(lower=0))
         out[squared_r] = (2 * root / (1 + root))[squared_r]
