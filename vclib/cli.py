@@ -1,12 +1,15 @@
 """The ``vclib`` command line.
 
-``vclib run`` executes the notebooks with papermill; ``vclib datasets list`` shows the registry of public
+``vclib run`` executes the notebooks with papermill; ``vclib evaluate PRED REAL -o DIR`` scores a prediction file
+against observed cells (:func:`vclib.metrics.evaluate_files`); ``vclib datasets list`` shows the registry of public
 perturbation screens and what is cached, ``vclib datasets get NAME`` downloads, verifies and caches one.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 
 import pandas as pd
@@ -38,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", help="folder of the notebooks (default: the repository's notebooks/)")
     run.add_argument("--no-html", action="store_true", help="skip the HTML copies")
 
+    _evaluate_parser(sub)
+
     datasets = sub.add_parser(
         "datasets",
         help="list, download and cache public perturbation screens",
@@ -52,6 +57,138 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--cache-dir", help="cache folder (default: $VCLIB_DATA_DIR or data/cache/)")
     get.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+# vclib evaluate's options that map one to one onto vc.metrics.evaluate's (and evaluate_files') keyword options
+_EVALUATE_OPTIONS = {
+    "perturbation_key": (str, "obs column with the perturbation (default 'perturbation'; --parity cell-eval: "
+                              "'target_gene')"),
+    "context_key": (str, "obs column with the context, 'none' for one context (default 'context'; --parity "
+                         "cell-eval: none)"),
+    "control": (str, "label of the control cells (default 'control'; --parity cell-eval: 'non-targeting')"),
+    "metrics": (str, "comma-separated metrics (default all; see vc.metrics.metric_table())"),
+    "conditions": (str, "comma-separated 'context|perturbation' ids to score (default all; one context is named "
+                        "'all')"),
+    "reference": (str, "reference of the deltas: control (default) or perturbed_centroid"),
+    "predicted_control": (str, "control subtracted on the predicted side: observed (default) or predicted (the "
+                               "prediction's own control, as cell-eval)"),
+    "exclude": (str, "genes left out of the PDS and rank distances: targets (default), own (cell-eval), none, or "
+                     "comma-separated genes"),
+    "ties": (str, "PDS ties: mid (default) or position (cell-eval 0.8.2)"),
+    "top_genes": (int, "most expressed control genes for l2_top_genes (default 1000)"),
+    "top_de": (int, "most significant observed DE genes for pearson_delta_top_de (default 20)"),
+    "top_r2": (int, "genes of largest observed |delta| for r2_mean_top100 (default 100)"),
+    "fdr": (float, "FDR threshold of DE genes (default 0.05)"),
+    "epsilon": (float, "lfc pseudocount (default 1e-9; --parity cell-eval: 0)"),
+    "hit_k": (int, "k of hit_rate_at_k (default 10)"),
+    "hit_min_de": (int, "observed DE genes that make a perturbation a hit (default 10)"),
+    "no_de": (float, "overlap/precision without observed DE genes: nan (default, undefined) or 0 (cell-eval)"),
+    "predicted_level": (str, "auto (default), cells or pseudobulk"),
+}
+
+
+def _evaluate_parser(sub) -> None:
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a prediction file against observed cells into DIR (cell-eval's layout with --parity cell-eval)",
+        description="Score PRED (predicted cells or one row per condition) against REAL (observed cells), as "
+        "vc.metrics.evaluate does, with a baseline beside it, the noise ceiling above it (split halves of REAL), "
+        "bootstrap 95%% CIs over perturbations and calibrated scores; write the tables to DIR. Example: vclib "
+        "evaluate pred.h5ad real.h5ad -o scores --parity cell-eval",
+    )
+    evaluate.add_argument("pred", metavar="PRED", help="h5ad file of predictions")
+    evaluate.add_argument("real", metavar="REAL", help="h5ad file of observed cells (log1p)")
+    evaluate.add_argument("-o", "--out-dir", required=True, metavar="DIR",
+                          help="folder for the tables (new or empty; never overwritten)")
+    evaluate.add_argument("--parity", help="cell-eval: cell-eval 0.8.2's layout and conventions "
+                          "(vc.metrics.CELL_EVAL); options given explicitly override them")
+    for name, (kind, text) in _EVALUATE_OPTIONS.items():
+        evaluate.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
+    evaluate.add_argument("--no-tie-correction", action="store_true", help="DE without the ranks' tie correction")
+    evaluate.add_argument("--no-continuity", action="store_true", help="DE without the continuity correction")
+    evaluate.add_argument("--model", default="prediction", help="name of the prediction in the tables")
+    evaluate.add_argument("--baseline", default="context_mean", help="context_mean (default: the mean of the other "
+                          "perturbations of the context), no_change, none, or an h5ad file of baseline predictions "
+                          "in PRED's layout")
+    evaluate.add_argument("--min-cells", type=int, default=10,
+                          help="fewest observed cells a condition needs for a noise ceiling (default 10)")
+    evaluate.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the split halves (default 0)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _evaluate_options(args: argparse.Namespace) -> dict:
+    """The evaluate options given on the command line, in vc.metrics.evaluate's terms."""
+    options = {name: getattr(args, name) for name in _EVALUATE_OPTIONS if getattr(args, name) is not None}
+    for name in ("metrics", "conditions"):
+        if name in options:
+            options[name] = [x.strip() for x in options[name].split(",") if x.strip()]
+    if "context_key" in options and options["context_key"].lower() == "none":
+        options["context_key"] = None
+    if "exclude" in options and options["exclude"] not in ("targets", "own"):
+        text = options["exclude"]
+        options["exclude"] = None if text.lower() == "none" else [g.strip() for g in text.split(",") if g.strip()]
+    de_options = {k: False for k in ("tie_correction", "continuity") if getattr(args, f"no_{k}")}
+    if de_options:
+        options["de_options"] = de_options
+    return options
+
+
+_PYTHON_OPTION = re.compile(r"\b(" + "|".join([*_EVALUATE_OPTIONS, "parity", "baseline", "min_cells", "n_boot", "model",
+                                              "out_dir", "de_options"]) + r")=( ?)(?=(.?))")
+
+
+def _cli_spelling(message: str) -> str:
+    """An error message with the library's option names (``perturbation_key=``, ``ties='x'``) written as the
+    command's (``--perturbation-key``, ``--ties 'x'``).
+
+    Examples
+    --------
+    >>> _cli_spelling("Pass the names with perturbation_key= / context_key=None, or ties='mid'.")
+    "Pass the names with --perturbation-key / --context-key None, or --ties 'mid'."
+    """
+    def option(m: re.Match) -> str:
+        value_follows = m.group(3) not in ("", " ", ".", ",", ";", ")") or m.group(2) == " "
+        return f"--{m.group(1).replace('_', '-')}" + (" " if value_follows else "")
+
+    return _PYTHON_OPTION.sub(option, message)
+
+
+def _number(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+
+
+def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
+    from vclib.metrics import evaluate_files
+
+    baseline = None if args.baseline.lower() == "none" else args.baseline
+    try:
+        card = evaluate_files(args.pred, args.real, out_dir=args.out_dir, parity=args.parity, baseline=baseline,
+                              min_cells=args.min_cells, n_boot=args.n_boot, seed=args.seed, model=args.model,
+                              progress=not args.no_progress, command=["vclib", *argv], **_evaluate_options(args))
+    except VclibInputError as err:
+        print(f"vclib: {_cli_spelling(str(err))}", file=sys.stderr)
+        return 2
+    head = card.headline()
+    base = card.record["baseline"]["name"] or "baseline"
+    shown = pd.DataFrame({
+        "metric": head["metric"],
+        args.model: head["mean"].map(_number),
+        "95% CI": [f"[{_number(lo)}, {_number(hi)}]" if not math.isnan(lo) else ""
+                   for lo, hi in zip(head["ci_low"], head["ci_high"], strict=True)],
+        "n": head["n"],
+        base: head["baseline"].map(_number),
+        "ceiling": head["ceiling"].map(_number),
+        "calibrated": head["calibrated"].map(_number),
+        "note": head["note"],
+    })
+    print(f"\n{args.model} scored against {args.real}: mean over perturbations with bootstrap 95% CI, beside the "
+          f"baseline {base} and the noise ceiling; calibrated = (u - b)/(c - b), 0 = {base}, 1 = the ceiling.")
+    with pd.option_context("display.width", 250, "display.max_colwidth", 70):
+        print(shown.to_string(index=False))
+    print(f"\nTables and the record of this command are in {card.out_dir}/ (summary.csv, scores.csv, calibrated.csv, "
+          "skipped.csv, evaluate.json).")
+    return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -109,7 +246,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.command == "datasets":
         return _datasets(args)
+    if args.command == "evaluate":
+        return _evaluate(args, argv)
     return _run(args)

@@ -428,6 +428,8 @@ def calibrate(
     out["calibration_note"] = [
         "" if ok else (f"not calibratable here: {verdict_text}" if isinstance(verdict_text, str) and
                        verdict_text.startswith("too few") else
+                       f"not calibratable here: no condition where both {baseline} and the ceiling are defined"
+                       if verdict_text == "n/a" or pd.isna(verdict_text) else
                        f"not calibratable here: the ceiling is not clearly better than {baseline} "
                        f"(c − b = {s:.3g} [{lo:.3g}, {hi:.3g}])")
         for ok, verdict_text, s, lo, hi in zip(clear, out["_clear"], out["span"], out["span_low"], out["span_high"],
