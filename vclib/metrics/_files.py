@@ -143,7 +143,7 @@ def predict_context_mean(observed: ad.AnnData | Observed, conditions: list[str] 
     ...                             cells_per_condition=5, control_cells=10)
     >>> pred = vc.metrics.predict_context_mean(adata)
     >>> pb = vc.pseudobulk.pseudobulk(adata)
-    >>> bool(abs(pred["all|G0000"].X - (pb["all|G0001"].X + pb["all|G0002"].X) / 2).max() < 1e-12)
+    >>> bool(abs(pred["C1|G0000"].X - (pb["C1|G0001"].X + pb["C1|G0002"].X) / 2).max() < 1e-12)
     True
     """
     pb = observed.pseudobulk if isinstance(observed, Observed) else pbk.pseudobulk(observed)
