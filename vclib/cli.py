@@ -14,7 +14,6 @@ import sys
 
 import pandas as pd
 
-from vclib import loaders, runner
 from vclib.schema import VclibInputError
 
 
@@ -192,6 +191,8 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _datasets(args: argparse.Namespace) -> int:
+    from vclib import loaders  # imported per command: `vclib evaluate` starts without the loaders and papermill
+
     folder = loaders.cache_dir(args.cache_dir)
     if args.action == "list":
         table = loaders.available(cache_dir=folder)
@@ -213,6 +214,8 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vclib import runner
+
     try:
         parameters = runner.parse_parameters(args.parameter, runner.notebooks(args.notebooks))
         for option, key in [("dataset", "DATASET"), ("perturbation_key", "PERTURBATION_KEY"),

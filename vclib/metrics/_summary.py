@@ -71,7 +71,10 @@ def _clusters(frame: pd.DataFrame) -> np.ndarray:
     keys = [k for k in CLUSTER if k in frame.columns]
     if not keys:
         return np.arange(len(frame))
-    return frame[keys].astype(str).agg("|".join, axis=1).to_numpy()
+    labels = frame[keys[0]].astype(str)
+    for key in keys[1:]:  # "context|perturbation", column-wise (a row-wise join is ~50x slower)
+        labels = labels + "|" + frame[key].astype(str)
+    return labels.to_numpy()
 
 
 def _group_keys(table: pd.DataFrame, by) -> list[str]:
