@@ -268,43 +268,35 @@ def test_progress_bar_names_the_stages(cell_eval_files, tmp_path, capsys):
         assert stage in err, stage
 
 
+# (id, PRED, REAL and the options, with "@name" for a file of the fixture folder, the expected line)
+PARITY = ["@pred.h5ad", "@real.h5ad", "--parity", "cell-eval"]
 BAD = [
-    ("missing file", lambda f, t: ["missing.h5ad", f / "real.h5ad", "--parity", "cell-eval"],
-     r"^vclib: prediction file '.*missing\.h5ad' does not exist\.$"),
-    ("unreadable h5ad", lambda f, t: [f / "garbage.h5ad", f / "real.h5ad", "--parity", "cell-eval"],
+    ("missing file", ["@missing.h5ad", *PARITY[1:]], r"^vclib: prediction file '.*missing\.h5ad' does not exist\.$"),
+    ("unreadable h5ad", ["@garbage.h5ad", *PARITY[1:]],
      r"^vclib: cannot read prediction file '.*garbage\.h5ad' as h5ad \(OSError: .*\)\. Is the file complete"),
-    ("cell-eval files without --parity", lambda f, t: [f / "pred.h5ad", f / "real.h5ad"],
+    ("cell-eval files without --parity", PARITY[:2],
      r"^vclib: the observation has no obs column 'perturbation', 'context'; columns present: 'target_gene'\. Name its "
      r"columns with --perturbation-key and --context-key\. .*--parity 'cell-eval' reads that layout\.$"),
-    ("a single context named", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--perturbation-key", "target_gene",
-                                             "--control", "non-targeting"],
+    ("a single context named", [*PARITY[:2], "--perturbation-key", "target_gene", "--control", "non-targeting"],
      r"no obs column 'context'.*For data of a single context pass --context-key None\.$"),
-    ("no control cells", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--parity", "cell-eval", "--control",
-                                       "ctrl"],
+    ("no control cells", [*PARITY, "--control", "ctrl"],
      r"^vclib: the observation has no cell labelled 'ctrl' in obs\['target_gene'\] \(labels seen: 'non-targeting', "
      r"'G0000'.*\)\. Name the control label with --control\.$"),
-    ("prediction without its control", lambda f, t: [f / "no_control.h5ad", f / "real.h5ad", "--parity", "cell-eval"],
+    ("prediction without its control", ["@no_control.h5ad", *PARITY[1:]],
      r"^vclib: the prediction has no cell labelled 'non-targeting'.*needs --predicted-control 'observed'\.$"),
-    ("genes differ", lambda f, t: [f / "other_genes.h5ad", f / "real.h5ad", "--parity", "cell-eval"],
+    ("genes differ", ["@other_genes.h5ad", *PARITY[1:]],
      r"^vclib: predicted and observed genes differ: 1 observed genes not predicted \(e\.g\. 'G0000'\), 1 predicted "
      r"genes not observed \(e\.g\. 'NOT_A_GENE'\)"),
-    ("baseline file with other genes", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--parity", "cell-eval",
-                                                     "--baseline", f / "other_genes.h5ad"],
+    ("baseline file with other genes", [*PARITY, "--baseline", "@other_genes.h5ad"],
      r"^vclib: baseline .*other_genes\.h5ad: predicted and observed genes differ"),
-    ("unknown metric", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--parity", "cell-eval", "--metrics",
-                                     "mse,pds"],
-     r"^vclib: unknown metric\(s\) \['pds'\]; valid: mse, "),
-    ("bad ties", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--parity", "cell-eval", "--ties", "random"],
-     r"^vclib: --ties 'random' is not 'mid' or 'position'\.$"),
-    ("unknown parity", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--parity", "scanpy"],
-     r"^vclib: --parity 'scanpy' is not one of 'cell-eval'"),
-    ("unknown baseline", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--parity", "cell-eval", "--baseline",
-                                       "training_mean"],
+    ("unknown metric", [*PARITY, "--metrics", "mse,pds"], r"^vclib: unknown metric\(s\) \['pds'\]; valid: mse, "),
+    ("bad ties", [*PARITY, "--ties", "random"], r"^vclib: --ties 'random' is not 'mid' or 'position'\.$"),
+    ("unknown parity", [*PARITY[:2], "--parity", "scanpy"], r"^vclib: --parity 'scanpy' is not one of 'cell-eval'"),
+    ("unknown baseline", [*PARITY, "--baseline", "training_mean"],
      r"^vclib: --baseline 'training_mean' is not one of 'context_mean', 'no_change', an \.h5ad file"),
-    ("min cells 1", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--parity", "cell-eval", "--min-cells", "1"],
+    ("min cells 1", [*PARITY, "--min-cells", "1"],
      r"^vclib: --min-cells 1: a noise ceiling splits cells in two halves, so it needs an integer of 2 or more\.$"),
-    ("unscored condition", lambda f, t: [f / "pred.h5ad", f / "real.h5ad", "--parity", "cell-eval", "--conditions",
-                                         "all|NOPE"],
+    ("unscored condition", [*PARITY, "--conditions", "all|NOPE"],
      r"^vclib: condition\(s\) 'all\|NOPE' not in the predicted data\.$"),
 ]
 
@@ -313,7 +305,8 @@ BAD = [
 def test_bad_input_exits_2_with_one_line_naming_it(cell_eval_files, tmp_path, capsys, args, message):
     before = _digest(cell_eval_files)
     out = tmp_path / "out"
-    code, stdout, err = _run(*args(cell_eval_files, tmp_path), "-o", out, "--no-progress", capsys=capsys)
+    args = [cell_eval_files / a[1:] if a.startswith("@") else a for a in args]
+    code, stdout, err = _run(*args, "-o", out, "--no-progress", capsys=capsys)
     assert code == 2
     assert err.count("\n") == 1, err  # one line
     assert re.search(message, err.strip()), err

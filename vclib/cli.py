@@ -58,32 +58,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# vclib evaluate's options that map one to one onto vc.metrics.evaluate's (and evaluate_files') keyword options
-_EVALUATE_OPTIONS = {
-    "perturbation_key": (str, "obs column with the perturbation (default 'perturbation'; --parity cell-eval: "
-                              "'target_gene')"),
-    "context_key": (str, "obs column with the context, 'none' for one context (default 'context'; --parity "
-                         "cell-eval: none)"),
-    "control": (str, "label of the control cells (default 'control'; --parity cell-eval: 'non-targeting')"),
-    "metrics": (str, "comma-separated metrics (default all; see vc.metrics.metric_table())"),
-    "conditions": (str, "comma-separated 'context|perturbation' ids to score (default all; one context is named "
-                        "'all')"),
-    "reference": (str, "reference of the deltas: control (default) or perturbed_centroid"),
-    "predicted_control": (str, "control subtracted on the predicted side: observed (default) or predicted (the "
-                               "prediction's own control, as cell-eval)"),
-    "exclude": (str, "genes left out of the PDS and rank distances: targets (default), own (cell-eval), none, or "
-                     "comma-separated genes"),
-    "ties": (str, "PDS ties: mid (default) or position (cell-eval 0.8.2)"),
-    "top_genes": (int, "most expressed control genes for l2_top_genes (default 1000)"),
-    "top_de": (int, "most significant observed DE genes for pearson_delta_top_de (default 20)"),
-    "top_r2": (int, "genes of largest observed |delta| for r2_mean_top100 (default 100)"),
-    "fdr": (float, "FDR threshold of DE genes (default 0.05)"),
-    "epsilon": (float, "lfc pseudocount (default 1e-9; --parity cell-eval: 0)"),
-    "hit_k": (int, "k of hit_rate_at_k (default 10)"),
-    "hit_min_de": (int, "observed DE genes that make a perturbation a hit (default 10)"),
-    "no_de": (float, "overlap/precision without observed DE genes: nan (default, undefined) or 0 (cell-eval)"),
-    "predicted_level": (str, "auto (default), cells or pseudobulk"),
-}
+# vc.metrics.evaluate's keyword options that `vclib evaluate` offers as --options (the others take Python objects)
+_EVALUATE_OPTIONS = ("perturbation_key", "context_key", "control", "metrics", "conditions", "reference",
+                     "predicted_control", "exclude", "ties", "top_genes", "top_de", "top_r2", "fdr", "epsilon", "hit_k",
+                     "hit_min_de", "no_de", "predicted_level")
+_SPELLING = {"context_key": "'none' for one context", "metrics": "comma-separated", "conditions": "comma-separated",
+             "exclude": "targets, own, none, or comma-separated genes", "no_de": "nan or 0"}
+
+
+def _parameter_help(doc: str) -> dict[str, str]:
+    """Each parameter's description in a numpydoc docstring's Parameters section, on one line, without the Sphinx
+    markup (so the command's --help says what the Python docstring says).
+
+    Examples
+    --------
+    >>> _parameter_help("Parameters\\n----------\\nfdr, epsilon\\n    FDR and ``eps``.\\n\\nReturns\\n")
+    {'fdr': 'FDR and eps.', 'epsilon': 'FDR and eps.'}
+    """
+    import textwrap
+
+    doc = textwrap.dedent(doc.split("\n", 1)[1] if not doc.startswith("Parameters") else doc)
+    section = doc.split("Parameters\n----------\n", 1)[1].split("\nReturns\n", 1)[0]
+    out: dict[str, str] = {}
+    names: list[str] = []
+    for line in section.splitlines():
+        if line.startswith(" "):
+            text = re.sub(r":\w+:`~?([^`]+)`", r"\1", line.strip()).replace("``", "")
+            out.update({n: f"{out.get(n, '')} {text}".strip() for n in names})
+        elif line.strip():
+            names = [n.strip() for n in line.split(",")]
+    return out
+
+
+def _option_type(default):
+    return int if isinstance(default, int) and not isinstance(default, bool) else \
+        float if isinstance(default, float) else str
 
 
 def _evaluate_parser(sub) -> None:
@@ -92,7 +101,7 @@ def _evaluate_parser(sub) -> None:
         help="score a prediction file against observed cells into DIR (cell-eval's layout with --parity cell-eval)",
         description="Score PRED (predicted cells or one row per condition) against REAL (observed cells), as "
         "vc.metrics.evaluate does, with a baseline beside it, the noise ceiling above it (split halves of REAL), "
-        "bootstrap 95%% CIs over perturbations and calibrated scores; write the tables to DIR. Example: vclib "
+        "bootstrap 95% CIs over perturbations and calibrated scores; write the tables to DIR. Example: vclib "
         "evaluate pred.h5ad real.h5ad -o scores --parity cell-eval",
     )
     evaluate.add_argument("pred", metavar="PRED", help="h5ad file of predictions")
@@ -101,8 +110,16 @@ def _evaluate_parser(sub) -> None:
                           help="folder for the tables (new or empty; never overwritten)")
     evaluate.add_argument("--parity", help="cell-eval: cell-eval 0.8.2's layout and conventions "
                           "(vc.metrics.CELL_EVAL); options given explicitly override them")
-    for name, (kind, text) in _EVALUATE_OPTIONS.items():
-        evaluate.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
+    from vclib import metrics
+    from vclib.metrics._evaluate import EVALUATE_DEFAULTS
+
+    described = _parameter_help(metrics.evaluate.__doc__)
+    for name in _EVALUATE_OPTIONS:
+        default = EVALUATE_DEFAULTS[name]
+        notes = [_SPELLING.get(name, ""), f"default {default}",
+                 f"--parity cell-eval: {metrics.CELL_EVAL[name]}" if name in metrics.CELL_EVAL else ""]
+        text = f"{described[name]} ({'; '.join(n for n in notes if n)})".replace("%", "%%")
+        evaluate.add_argument(f"--{name.replace('_', '-')}", type=_option_type(default), help=text)
     evaluate.add_argument("--no-tie-correction", action="store_true", help="DE without the ranks' tie correction")
     evaluate.add_argument("--no-continuity", action="store_true", help="DE without the continuity correction")
     evaluate.add_argument("--model", default="prediction", help="name of the prediction in the tables")
