@@ -185,6 +185,10 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     except VclibInputError as err:
         print(f"vclib: {_cli_spelling(str(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nvclib: interrupted; {args.out_dir} holds no finished results (the command can be run again with "
+              "the same -o).", file=sys.stderr)
+        return 130
     head = card.headline()
     base = card.record["baseline"]["name"] or "baseline"
     shown = pd.DataFrame({

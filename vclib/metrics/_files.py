@@ -253,9 +253,10 @@ def _resolve(parity: str | None, options: dict) -> dict:
     """evaluate's options: its defaults, then the parity's conventions, then the options given."""
     if parity is not None and parity not in PARITIES:
         raise VclibInputError(f"parity={parity!r} is not one of {', '.join(map(repr, PARITIES))} (or None).")
-    unknown = sorted(set(options) - set(EVALUATE_DEFAULTS))
+    allowed = [k for k in EVALUATE_DEFAULTS if k != "split"]  # one prediction is scored: no split label
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise VclibInputError(f"unknown option(s) {unknown}; evaluate's options are {', '.join(EVALUATE_DEFAULTS)}.")
+        raise VclibInputError(f"unknown option(s) {unknown}; evaluate's options here are {', '.join(allowed)}.")
     return {**EVALUATE_DEFAULTS, **(PARITIES[parity] if parity else {}), **options}
 
 
