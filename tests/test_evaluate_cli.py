@@ -365,3 +365,13 @@ def test_python_api_leaves_its_inputs_alone_and_writes_nothing_without_out_dir(t
     assert card.out_dir is None and not any(tmp_path.iterdir())
     assert list(card.headline()["metric"]) == ["mse", "discrimination_score_l1"]
     _same_values(card.scores, vc.metrics.evaluate(pred, real, metrics=["mse", "discrimination_score_l1"]))
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vc.metrics, "evaluate_files", interrupted)
+    code, stdout, err = _run("pred.h5ad", "real.h5ad", "-o", tmp_path / "o", capsys=capsys)
+    assert code == 130 and stdout == ""
+    assert err.strip().startswith("vclib: interrupted;") and err.strip().count("\n") == 0
