@@ -13,6 +13,9 @@
 * Summaries: :func:`aggregate` (bootstrap CIs over perturbations), :func:`compare` (paired model − baseline),
   :func:`ceiling` (split-half noise ceiling, corrected to a noise-free predictor), :func:`calibrate`
   ((u − b)/(c − b) where c − b is clearly positive), :func:`beyond_ceiling`.
+* :func:`evaluate_files`: a prediction file scored against observed cells with a baseline
+  (:func:`predict_context_mean` by default), the noise ceiling, CIs and calibrated scores, written to a folder
+  (``vclib evaluate``); returns a :class:`Scorecard`.
 
 Definitions: see ``science.md`` (Metrics) in the project documentation and each docstring.
 """
@@ -30,6 +33,7 @@ from vclib.metrics._evaluate import (
     metric_table,
     score,
 )
+from vclib.metrics._files import Scorecard, evaluate_files, predict_context_mean
 from vclib.metrics._functions import (
     cosine,
     de_direction,
@@ -67,9 +71,10 @@ from vclib.metrics._summary import (
 
 __all__ = [
     "CEILING", "CEILING_RULES", "CELL_EVAL", "DEResult", "DE_METRICS", "MIN_N", "Metric", "Observed", "REGISTRY",
-    "SCORING_DEFAULTS", "aggregate", "benjamini_hochberg", "beyond_ceiling", "calibrate", "ceiling", "check_metrics",
-    "cluster_bootstrap", "compare", "cosine", "de_direction", "de_overlap", "de_precision", "de_spearman",
-    "discrimination_score", "distance_matrix", "evaluate", "group_rng", "hit_rate_at_k", "l2", "log2_fold_change",
-    "mae", "metric_table", "midranks", "mse", "pearson", "predict_control", "prediction_distances", "prepare",
-    "rank_genes", "rank_metric", "score", "to_noise_free", "too_few", "top_expressed", "verdict",
+    "SCORING_DEFAULTS", "Scorecard", "aggregate", "benjamini_hochberg", "beyond_ceiling", "calibrate", "ceiling",
+    "check_metrics", "cluster_bootstrap", "compare", "cosine", "de_direction", "de_overlap", "de_precision",
+    "de_spearman", "discrimination_score", "distance_matrix", "evaluate", "evaluate_files", "group_rng",
+    "hit_rate_at_k", "l2", "log2_fold_change", "mae", "metric_table", "midranks", "mse", "pearson", "predict_control",
+    "predict_context_mean", "prediction_distances", "prepare", "rank_genes", "rank_metric", "score",
+    "to_noise_free", "too_few", "top_expressed", "verdict",
 ]

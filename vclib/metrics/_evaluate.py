@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import anndata as ad
@@ -239,33 +240,83 @@ def evaluate(
     >>> table.groupby("metric")["value"].mean().to_dict()
     {'discrimination_score_l1': 1.0, 'mse': 0.0}
     """
-    metrics = check_metrics(metrics)
-    options = _check_options(reference=reference, predicted_control=predicted_control, exclude=exclude, ties=ties)
-    wants_de = any(m in DE_METRICS for m in metrics)
-    if isinstance(observed, Observed) and wants_de:
-        observed.check_de_options(epsilon, de_options)
-    obs = prepare(observed, perturbation_key=perturbation_key, context_key=context_key, control=control,
-                  epsilon=epsilon, de_options=de_options, de=observed_de)
-    pred = _align_genes(in_contract(predicted, perturbation_key, context_key, control, side="predicted"), obs.var_names)
-    check_values(pred, "predicted")
-    level = _level(pred, predicted_level)
-    pred_pb = pbk.pseudobulk(pred)
-    pred_de = None
-    if level == "cells" and wants_de:
-        cells = pred
-        if predicted_control == "observed":
-            cells = ad.concat([pred[pred.obs[PERTURBATION_KEY] != CONTROL], obs.controls], merge="same",
-                              uns_merge="same")
-        pred_de = rank_genes(cells, epsilon=epsilon, **(de_options or {}))
-    names = _conditions_to_score(pred_pb, obs.pseudobulk, conditions)
-    table = score(pred_pb, obs, names, metrics, pred_de=pred_de, top_genes=top_genes, top_de=top_de,
-                  top_r2=top_r2, fdr=fdr, epsilon=epsilon, hit_k=hit_k, hit_min_de=hit_min_de, no_de=no_de,
-                  **options)
-    if model is not None:
-        table["model"] = model
-    if split is not None:
-        table["split"] = split
-    return table
+    options = {name: value for name, value in locals().items() if name not in ("predicted", "observed")}
+    return _Evaluation(predicted, observed, **options).run()
+
+
+# every keyword option of evaluate() with its default
+EVALUATE_DEFAULTS = {name: p.default for name, p in inspect.signature(evaluate).parameters.items()
+                     if p.kind is p.KEYWORD_ONLY}
+
+
+class _Evaluation:
+    """One :func:`evaluate` call in two steps: everything checked and the predictions pseudobulked at construction
+    (cheap, so bad input fails before any DE runs), then :meth:`run` computes the DE and the metrics, naming each
+    stage it starts to ``stage`` (a progress bar's hook). ``_Evaluation(pred, obs, **options).run()`` is
+    ``evaluate(pred, obs, **options)``.
+
+    Attributes
+    ----------
+    observed
+        The :class:`Observed` scored against.
+    names
+        The ``"context|perturbation"`` ids scored.
+    metrics
+        The metrics asked for.
+    stages
+        The stages :meth:`run` will name, in order.
+    """
+
+    def __init__(self, predicted: ad.AnnData, observed: ad.AnnData | Observed, **options):
+        unknown = sorted(set(options) - set(EVALUATE_DEFAULTS))
+        if unknown:
+            raise VclibInputError(f"unknown option(s) {unknown} of evaluate; options: {', '.join(EVALUATE_DEFAULTS)}.")
+        o = {**EVALUATE_DEFAULTS, **options}
+        self.metrics = check_metrics(o["metrics"])
+        _check_options(reference=o["reference"], predicted_control=o["predicted_control"], exclude=o["exclude"],
+                       ties=o["ties"])
+        self.wants_de = any(m in DE_METRICS for m in self.metrics)
+        if isinstance(observed, Observed) and self.wants_de:
+            observed.check_de_options(o["epsilon"], o["de_options"])
+        self.observed = prepare(observed, perturbation_key=o["perturbation_key"], context_key=o["context_key"],
+                                control=o["control"], epsilon=o["epsilon"], de_options=o["de_options"],
+                                de=o["observed_de"])
+        pred = _align_genes(in_contract(predicted, o["perturbation_key"], o["context_key"], o["control"],
+                                        side="predicted"), self.observed.var_names)
+        check_values(pred, "predicted")
+        self.level = _level(pred, o["predicted_level"])
+        self.cells = pred
+        self.pseudobulk = pbk.pseudobulk(pred)
+        self.names = _conditions_to_score(self.pseudobulk, self.observed.pseudobulk, o["conditions"])
+        self.options = o
+
+    @property
+    def stages(self) -> list[str]:
+        de = [] if not self.wants_de else ["DE of the observed cells"] * ("de" not in self.observed.__dict__) + \
+            ["DE of the predicted cells"] * (self.level == "cells")
+        return [*de, "metrics"]
+
+    def run(self, stage=None) -> pd.DataFrame:
+        """The :func:`evaluate` table; ``stage(name)`` is called as each of :attr:`stages` starts."""
+        stage = stage or (lambda name: None)
+        o = self.options
+        pred_de = None
+        for name in self.stages:
+            stage(name)
+            if name == "DE of the observed cells":
+                self.observed.de  # noqa: B018 (computed on first use, then kept)
+            elif name == "DE of the predicted cells":
+                cells = self.cells
+                if o["predicted_control"] == "observed":
+                    cells = ad.concat([cells[cells.obs[PERTURBATION_KEY] != CONTROL], self.observed.controls],
+                                      merge="same", uns_merge="same")
+                pred_de = rank_genes(cells, epsilon=o["epsilon"], **(o["de_options"] or {}))
+        table = score(self.pseudobulk, self.observed, self.names, self.metrics, pred_de=pred_de,
+                      **{k: o[k] for k in SCORING_DEFAULTS})
+        for label in ("model", "split"):
+            if o[label] is not None:
+                table[label] = o[label]
+        return table
 
 
 def check_metrics(metrics) -> list[str]:

@@ -71,7 +71,10 @@ def _clusters(frame: pd.DataFrame) -> np.ndarray:
     keys = [k for k in CLUSTER if k in frame.columns]
     if not keys:
         return np.arange(len(frame))
-    return frame[keys].astype(str).agg("|".join, axis=1).to_numpy()
+    labels = frame[keys[0]].astype(str)
+    for key in keys[1:]:  # "context|perturbation", column-wise (a row-wise join is ~50x slower)
+        labels = labels + "|" + frame[key].astype(str)
+    return labels.to_numpy()
 
 
 def _group_keys(table: pd.DataFrame, by) -> list[str]:
@@ -430,6 +433,8 @@ def calibrate(
     out["calibration_note"] = [
         "" if ok else (f"not calibratable here: {verdict_text}" if isinstance(verdict_text, str) and
                        verdict_text.startswith("too few") else
+                       f"not calibratable here: no condition where both {baseline} and the ceiling are defined"
+                       if verdict_text == "n/a" or pd.isna(verdict_text) else
                        f"not calibratable here: the ceiling is not clearly better than {baseline} "
                        f"(c − b = {s:.3g} [{lo:.3g}, {hi:.3g}])")
         for ok, verdict_text, s, lo, hi in zip(clear, out["_clear"], out["span"], out["span_low"], out["span_high"],
