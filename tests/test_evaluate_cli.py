@@ -169,6 +169,25 @@ def test_parity_cell_eval_equals_evaluate_with_its_conventions(cell_eval_files, 
     assert json.loads((out / "evaluate.json").read_text())["options"]["epsilon"] == 1e-9
 
 
+def test_raw_counts_are_normalised_as_read_does(tmp_path, capsys):
+    sim = vc.loaders.simulate(n_contexts=2, **DESIGN, seed=0)
+    counts = ad.AnnData(X=sim.layers["counts"].copy(), obs=sim.obs[["context", "perturbation"]].copy(),
+                        var=sim.var[[]].copy())
+    counts.write_h5ad(tmp_path / "counts.h5ad")
+    pred = vc.loaders.simulate(n_contexts=2, **DESIGN, seed=1)
+    pred.write_h5ad(tmp_path / "pred.h5ad")
+    code, _, _ = _run(tmp_path / "pred.h5ad", tmp_path / "counts.h5ad", "-o", tmp_path / "out", "--baseline", "none",
+                      "--no-progress", "--metrics", "mse,pearson_delta,overlap_at_N", capsys=capsys)
+    assert code == 0
+    # the independent path: read() normalises the counts (scanpy's normalize_total + log1p) into the contract
+    normalised = vc.loaders.read(counts.copy())
+    direct = vc.metrics.evaluate(pred, normalised, metrics=["mse", "pearson_delta", "overlap_at_N"])
+    _same_values(_read(tmp_path / "out" / "scores.csv")[lambda t: t["model"] == "prediction"], direct)
+    notes = _read(tmp_path / "out" / "skipped.csv")
+    assert notes["reason"].str.contains("raw counts, normalised").any()
+    assert (ad.read_h5ad(tmp_path / "counts.h5ad").X != counts.X).nnz == 0  # the file is left as it was
+
+
 def test_the_observation_as_its_own_prediction_scores_what_the_registry_says(contract_files, tmp_path, capsys):
     out = tmp_path / "perfect"
     real = contract_files / "real.h5ad"

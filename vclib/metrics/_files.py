@@ -30,7 +30,8 @@ from vclib.metrics._evaluate import CELL_EVAL, EVALUATE_DEFAULTS, SCORING_DEFAUL
 from vclib.metrics._summary import CEILING, aggregate, beyond_ceiling, calibrate, ceiling, predict_control
 from vclib.report import COLUMNS as NOTE_COLUMNS
 from vclib.report import SKIPPED_FILE
-from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, check_genes
+from vclib.schema import COUNTS, CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, check_genes, detect_values, \
+    normalise
 
 PREDICTION = "prediction"
 CONTEXT_MEAN = "context_mean"
@@ -190,6 +191,18 @@ def _read(data, role: str) -> tuple[ad.AnnData, dict]:
     return adata, {"path": str(path.resolve()), "bytes": stat.st_size,
                    "modified": datetime.fromtimestamp(stat.st_mtime).isoformat(timespec="seconds"),
                    "cells": adata.n_obs, "genes": adata.n_vars}
+
+
+def _as_log1p(adata: ad.AnnData, role: str, notes: list) -> ad.AnnData:
+    """Raw counts normalised as :func:`vclib.loaders.read` normalises them (a user's screen file usually holds
+    counts; the metrics compare log1p values), on a copy, with a note; other values as they are."""
+    if adata.n_obs == 0 or detect_values(adata.X) != COUNTS:
+        return adata
+    out = adata.copy()
+    normalise(out)
+    notes.append(_entry("note", f"{role} values", "raw counts, normalised to 10,000 per cell and log1p-transformed "
+                                                  "(as vc.loaders.read does) before scoring"))
+    return out
 
 
 def _check_layout(adata: ad.AnnData, role: str, *, options: dict, parity: str | None, needs_control: bool) -> None:
@@ -568,6 +581,9 @@ def evaluate_files(
             stages("reading the baseline")
             base_raw, base_info = _read(baseline, "baseline")
         stages("checking the inputs")
+        pred, real = _as_log1p(pred, "prediction", notes), _as_log1p(real, "observation", notes)
+        if base_raw is not None:
+            base_raw = _as_log1p(base_raw, "baseline", notes)
         _check_layout(real, "observation", options=resolved, parity=parity, needs_control=True)
         _check_layout(pred, "prediction", options=resolved, parity=parity,
                       needs_control=resolved["predicted_control"] == "predicted")
