@@ -236,13 +236,43 @@ def condition_table(
     return table
 
 
-def _strata(values: pd.Series, bins: int) -> pd.Series:
-    """Label each value by its quantile bin (few distinct values keep their own label)."""
-    distinct = values.dropna().unique()
+def _strata(values: pd.Series, bins: int) -> tuple[pd.Series, list[str]]:
+    """Label each value by its quantile bin (few distinct values keep their own label), and the labels in
+    increasing order. A bin is labelled by the smallest and largest value it holds, as a reader writes numbers:
+    integers as integers (``0–2``, ``3``), others to 3 significant digits (``2.37–2.77``), never a quantile edge
+    such as ``(-0.001, 2.0]`` or ``(2.3720000000000003, 2.773]``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> labels, order = _strata(pd.Series([0, 1, 2, 2, 3, 3, 4, None]), bins=3)
+    >>> order, labels.tolist()
+    (['0–1', '2', '3–4', 'n/a'], ['0–1', '0–1', '2', '2', '3–4', '3–4', '3–4', 'n/a'])
+    >>> _strata(pd.Series([2.3720000000000003, 2.5, 2.773, 3.1, 5.029, 43.677]), bins=3)[1]
+    ['2.37–2.5', '2.77–3.1', '5.03–43.7']
+    """
+    distinct = np.sort(values.dropna().unique())
     if len(distinct) <= bins:
-        return values.map(lambda v: "n/a" if pd.isna(v) else f"{v:g}")
-    cut = pd.qcut(values, q=bins, duplicates="drop")
-    return cut.astype(str).where(values.notna(), "n/a")
+        labels = values.map(lambda v: "n/a" if pd.isna(v) else _number(v))
+        order = [_number(v) for v in distinct]
+    else:
+        codes = pd.qcut(values, q=bins, duplicates="drop", labels=False)
+        names = {}
+        for code in sorted(codes.dropna().unique()):
+            inside = values[codes == code]
+            lo, hi = _number(inside.min()), _number(inside.max())
+            names[code] = lo if lo == hi else f"{lo}–{hi}"
+        labels = codes.map(names)
+        order = list(dict.fromkeys(names.values()))
+    labels = labels.where(values.notna(), "n/a").astype(str)
+    return labels, order + (["n/a"] if values.isna().any() else [])
+
+
+def _number(value: float) -> str:
+    """An integer as an integer, anything else to 3 significant digits, never in scientific notation."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else np.format_float_positional(value, precision=3, fractional=False,
+                                                                               trim="-")
 
 
 def regime_map(
@@ -276,12 +306,13 @@ def regime_map(
 
     Returns
     -------
-    One row per (split, stratum): ``difference`` (model − baseline), ``ci_low``, ``ci_high``, ``n`` and
-    ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction, or too few conditions). Empty,
-    with the reason in ``attrs["skipped"]``, when ``model`` or ``baseline`` was not scored.
+    One row per (split, stratum), strata in increasing order of the covariate and labelled by the range of values
+    they hold (``0–2``, ``2.37–2.77``): ``model``, ``baseline``, ``difference`` (model − baseline), ``ci_low``,
+    ``ci_high``, ``n`` and ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction, or too
+    few conditions). Empty, with the reason in ``attrs["skipped"]``, when ``model`` or ``baseline`` was not scored.
     """
-    empty = pd.DataFrame(columns=["model", "split", "metric", "covariate", "stratum", "difference", "ci_low",
-                                  "ci_high", "n", "n_pairs", "verdict"])
+    empty = pd.DataFrame(columns=["model", "baseline", "split", "metric", "covariate", "stratum", "difference",
+                                  "ci_low", "ci_high", "n", "n_pairs", "verdict"])
     absent = [name for name in (model, baseline) if name not in set(table["model"])]
     if absent:  # e.g. a model that could not be fitted on any fold of this data: say so, do not fail
         empty.attrs["skipped"] = [{"analysis": f"regime map by {covariate}", "reason": (
@@ -290,14 +321,17 @@ def regime_map(
     rows = table[(table["metric"] == metric) & table["model"].isin([model, baseline])].copy()
     if covariate not in rows:
         raise VclibInputError(f"no covariate {covariate!r}; covariates: {[c for c in COVARIATES if c in rows]}.")
-    rows["stratum"] = _strata(rows[covariate], bins)
+    rows["stratum"], order = _strata(rows[covariate], bins)
     result = compare(rows, baseline=baseline, by=("split", "metric", "stratum"), n_boot=n_boot, seed=seed,
                      min_n=min_n)
     if result.empty:
         return empty
     result["verdict"] = result["better"].map(lambda b: {"yes": "wins", "no": "loses", "tie": "ties"}.get(b, b))
-    result.insert(3, "covariate", covariate)
-    return result.drop(columns="better")
+    result.insert(1, "baseline", baseline)
+    result.insert(4, "covariate", covariate)
+    position = result["stratum"].map({s: i for i, s in enumerate(order)})
+    result = result.assign(_order=position).sort_values(["model", "split", "metric", "_order"], kind="stable")
+    return result.drop(columns=["better", "_order"]).reset_index(drop=True)
 
 
 def error_drivers(
