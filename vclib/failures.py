@@ -14,6 +14,8 @@ what is known about each test condition:
   regression, each with bootstrap CIs.
 * :func:`hit_rate_curves`, :func:`mode_collapse`, :func:`worst_conditions`: the screening view, the spread of
   predictions against the spread of observations, and the gallery of the worst failures.
+* :func:`predicted_delta` and :func:`scored_against`: a saved prediction and what it was scored against (the
+  observed delta, or for the noise ceiling the other half of the cells), for the scatter plots.
 * :func:`read_results` reads what notebooks 01 and 02 wrote; :func:`describe_drivers` says it in words.
 """
 
@@ -28,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from vclib import pseudobulk as pbk
-from vclib.benchmark import load_predictions, read_scores
-from vclib.metrics import MIN_N, REGISTRY, Observed, compare, midranks, prepare, too_few
+from vclib.benchmark import SCORED_AGAINST, load_predictions, read_scores
+from vclib.metrics import CEILING, MIN_N, REGISTRY, Observed, compare, midranks, prepare, too_few
 from vclib.metrics._de import DEResult
 from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, SIGNATURE, VclibInputError, condition_id, targets
 
@@ -606,10 +608,37 @@ def describe_drivers(drivers: pd.DataFrame, *, model: str, metric: str) -> list[
     return sentences
 
 
-def predicted_delta(predictions: ad.AnnData, *, model: str, split: str, fold, context: str,
-                    perturbation: str) -> np.ndarray | None:
-    """One saved predicted delta (a gene vector), or None if that model has no prediction for the condition."""
+def _prediction_row(predictions: ad.AnnData, *, model: str, split: str, fold, context: str,
+                    perturbation: str) -> str | None:
+    """The name of the saved prediction of one condition, or None."""
     obs = predictions.obs
     hit = obs[(obs["model"] == model) & (obs["split"] == split) & (obs["fold"].astype(str) == str(fold))
               & (obs[CONTEXT_KEY].astype(str) == context) & (obs[PERTURBATION_KEY].astype(str) == perturbation)]
-    return None if hit.empty else np.asarray(predictions[hit.index[0]].X, dtype=np.float64).ravel()
+    return None if hit.empty else hit.index[0]
+
+
+def predicted_delta(predictions: ad.AnnData, *, model: str, split: str, fold, context: str,
+                    perturbation: str) -> np.ndarray | None:
+    """One saved predicted delta (a gene vector), or None if that model has no prediction for the condition."""
+    row = _prediction_row(predictions, model=model, split=split, fold=fold, context=context, perturbation=perturbation)
+    return None if row is None else np.asarray(predictions[row].X, dtype=np.float64).ravel()
+
+
+def scored_against(predictions: ad.AnnData, observed: ad.AnnData, *, model: str, split: str, fold, context: str,
+                   perturbation: str) -> np.ndarray | None:
+    """The observed delta a saved prediction was scored against (a gene vector), or None if there is none.
+
+    For a model, the condition's observed delta (``observed``, rows ``"context|perturbation"``). For the noise
+    ceiling, the delta of the *other* half of the condition's cells (its prediction is one half): the whole data
+    holds the predicting half's cells, so plotting that half against it would show their shared noise as
+    agreement (r far above the ceiling's score). None when the ceiling's other half was not saved (a benchmark
+    cached by a vclib before it saved both halves).
+    """
+    if model != CEILING:
+        name = condition_id(context, perturbation)
+        return np.asarray(observed[name].X, dtype=np.float64).ravel() if name in observed.obs_names else None
+    row = _prediction_row(predictions, model=model, split=split, fold=fold, context=context, perturbation=perturbation)
+    halves = predictions.uns.get(SCORED_AGAINST)
+    if row is None or halves is None or row not in halves.index:
+        return None
+    return halves.loc[row].to_numpy(dtype=np.float64)
