@@ -38,33 +38,30 @@ def _close_figures():
 # ---------------------------------------------------------------- data
 
 
-@pytest.fixture(scope="module")
-def cov(_small_sim):
-    """Coverage tables of the small simulated screen (3 contexts, 12 knockdowns, 3 doubles)."""
-    adata = _small_sim
+def _coverage_tables(adata, *, truth: bool) -> dict:
+    """The tables notebook 01 plots, for one dataset."""
     counts = vc.coverage.cell_counts(adata)
     distances = vc.coverage.control_distances(adata, n_pcs=10)
-    summary = vc.coverage.summarize_transfer(vc.coverage.true_transfer(adata, vc.coverage.transferability(adata)))
+    transfer = vc.coverage.transferability(adata)
+    summary = vc.coverage.summarize_transfer(vc.coverage.true_transfer(adata, transfer) if truth else transfer)
     return {"counts": counts, "distances": distances, "summary": summary,
             "deltas": vc.pseudobulk.deltas(vc.pseudobulk.pseudobulk(adata)),
             "pairs": vc.coverage.distance_vs_transfer(distances, summary),
             "coverage": vc.coverage.target_coverage(counts, summary),
             "plan": vc.coverage.next_experiments(counts, summary)}
+
+
+@pytest.fixture(scope="module")
+def cov(_small_sim):
+    """Coverage tables of the small simulated screen (3 contexts, 12 knockdowns, 3 doubles)."""
+    return _coverage_tables(_small_sim, truth=True)
 
 
 @pytest.fixture(scope="module")
 def one_context():
     """A single-context screen: every table that compares contexts is empty."""
-    adata = vc.loaders.simulate(n_contexts=1, n_perturbations=8, n_combinations=0, n_genes=60,
-                                cells_per_condition=10, control_cells=20, seed=1)
-    counts = vc.coverage.cell_counts(adata)
-    distances = vc.coverage.control_distances(adata)
-    summary = vc.coverage.summarize_transfer(vc.coverage.transferability(adata))
-    return {"counts": counts, "distances": distances, "summary": summary,
-            "deltas": vc.pseudobulk.deltas(vc.pseudobulk.pseudobulk(adata)),
-            "pairs": vc.coverage.distance_vs_transfer(distances, summary),
-            "coverage": vc.coverage.target_coverage(counts, summary),
-            "plan": vc.coverage.next_experiments(counts, summary)}
+    return _coverage_tables(vc.loaders.simulate(n_contexts=1, n_perturbations=8, n_combinations=0, n_genes=60,
+                                                cells_per_condition=10, control_cells=20, seed=1), truth=False)
 
 
 @pytest.fixture(scope="module")
