@@ -469,7 +469,10 @@ def test_target_coverage_and_next_experiments(counts):
     assert vc.coverage.least_covered(vc.coverage.target_coverage(counts, summary)) == "C"
 
     plan = vc.coverage.next_experiments(counts, summary, targets="C")
-    assert plan["rank"].tolist() == list(range(1, len(plan) + 1))
+    # equal gains: p3 (measured in 1 context) first, then p1 and p2 (2 contexts each) tied, then the screen
+    assert plan["perturbation"].tolist()[:3] == ["p3", "p1", "p2"]
+    assert plan["rank"].tolist() == [1, 2, 2, 4] and plan["tied"].tolist() == [1, 2, 2, 1]
+    assert plan["n_contexts"].tolist()[:3] == [1, 2, 2]
     first = plan.iloc[0]
     assert first["kind"] == "in the target" and first["gain"] == pytest.approx(1 - w_ac)
     assert first["coverage_after"] == pytest.approx(first["coverage_before"] + first["gain"] / 4)

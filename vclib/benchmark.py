@@ -50,6 +50,7 @@ SPLITS_FILE = "splits.csv"
 IDENTICAL_FILE = "identical_models.csv"
 SKIPPED_FILE = "skipped.csv"
 MANIFEST_FILE = "manifest.json"
+SCORED_AGAINST = "scored_against"  # layer of the ceiling's saved predictions: the half it was scored against
 SCORE_DTYPES = {"fold": str, "split": str, "context": str, "perturbation": str, "metric": str, "model": str,
                 "note": str}
 
@@ -325,7 +326,7 @@ def run(
     for name, table, split, fold, seed in tqdm(grid, desc="benchmark", disable=not progress):
         model = None if name == CEILING else _bind(models[name], split, fold)
         settings = {"vclib_version": __version__, "data": data_hash, "observed_de": de_hash, "model": name,
-                    "estimator": _describe(model) if model is not None else "noise ceiling",
+                    "estimator": _describe(model) if model is not None else "noise ceiling (both halves saved)",
                     "split": split, "fold": fold, "seed": seed, "metrics": metrics,
                     "evaluate": {**evaluate_options, **de_settings},
                     "split_table": _cell_key(table.drop(columns="seed").to_dict("list"))}
@@ -455,6 +456,9 @@ def _score_cell(obs: Observed, model, name, table, split, fold, seed, metrics, e
             return frame, predicted, note
         frame = ceiling(obs, seed=seed, conditions=splittable, metrics=metrics, **evaluate_options)
         predicted = _predicted_deltas(first.pseudobulk, first.pseudobulk, splittable)
+        # what the ceiling was scored against: the other half, not the whole data (which holds the first half's
+        # cells, so a plot of half against whole would show their shared noise as agreement)
+        predicted.layers[SCORED_AGAINST] = _predicted_deltas(second.pseudobulk, second.pseudobulk, splittable).X
     else:
         train = _splits.training_data(obs.pseudobulk, table, split, fold)
         if "seed" in model.get_params():
@@ -561,13 +565,15 @@ def load_predictions(results_dir: str | Path) -> ad.AnnData:
 
     Predicted deltas are the prediction minus the control it was built on (the ceiling's: one half of the
     observed cells minus that half's control). Notebook 03 reads them instead of re-running the benchmark.
+    ``uns["scored_against"]`` holds, for the ceiling's rows, the delta of the other half it was scored against
+    (rows named as the predictions; see :func:`vclib.failures.scored_against`).
     """
     results_dir = Path(results_dir)
     if not (results_dir / INDEX_FILE).exists():
         raise VclibInputError(f"{str(results_dir)!r} holds no benchmark run ({INDEX_FILE} missing); run "
                               "vc.benchmark.run(..., results_dir=...) or notebook 02 first.")
     index = pd.read_csv(results_dir / INDEX_FILE, dtype={"fold": str, "split": str, "model": str})
-    parts = []
+    parts, against = [], []
     for row in index.itertuples(index=False):
         part = ad.read_h5ad(results_dir / "cells" / row.predictions)
         if part.n_obs == 0:
@@ -575,12 +581,19 @@ def load_predictions(results_dir: str | Path) -> ad.AnnData:
         for key in ("model", "split", "fold", "seed"):
             part.obs[key] = getattr(row, key)
         part.obs_names = [f"{row.model}|{row.split}|{row.fold}|{row.seed}|{n}" for n in part.obs_names]
+        if SCORED_AGAINST in part.layers:
+            against.append(pd.DataFrame(np.asarray(part.layers[SCORED_AGAINST]), index=part.obs_names,
+                                        columns=part.var_names))
+            del part.layers[SCORED_AGAINST]
         parts.append(part)
     if not parts:  # nothing was scored (no split applied to the data)
         return ad.AnnData(np.zeros((0, 0), dtype=np.float32),
                           obs=pd.DataFrame(columns=["model", "split", "fold", "seed", CONTEXT_KEY, PERTURBATION_KEY],
                                            index=pd.Index([], dtype=str)))
-    return ad.concat(parts, merge="same")
+    out = ad.concat(parts, merge="same")
+    if against:
+        out.uns[SCORED_AGAINST] = pd.concat(against)
+    return out
 
 
 BEST_COLUMNS = ["split", "metric", "best_model", "best_mean", "n", "best_baseline", "baseline_mean", "ceiling",

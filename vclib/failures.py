@@ -14,6 +14,8 @@ what is known about each test condition:
   regression, each with bootstrap CIs.
 * :func:`hit_rate_curves`, :func:`mode_collapse`, :func:`worst_conditions`: the screening view, the spread of
   predictions against the spread of observations, and the gallery of the worst failures.
+* :func:`predicted_delta` and :func:`scored_against`: a saved prediction and what it was scored against (the
+  observed delta, or for the noise ceiling the other half of the cells), for the scatter plots.
 * :func:`read_results` reads what notebooks 01 and 02 wrote; :func:`describe_drivers` says it in words.
 """
 
@@ -28,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from vclib import pseudobulk as pbk
-from vclib.benchmark import load_predictions, read_scores
-from vclib.metrics import MIN_N, REGISTRY, Observed, compare, midranks, prepare, too_few
+from vclib.benchmark import SCORED_AGAINST, load_predictions, read_scores
+from vclib.metrics import CEILING, MIN_N, REGISTRY, Observed, compare, midranks, prepare, too_few
 from vclib.metrics._de import DEResult
 from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, SIGNATURE, VclibInputError, condition_id, targets
 
@@ -236,13 +238,43 @@ def condition_table(
     return table
 
 
-def _strata(values: pd.Series, bins: int) -> pd.Series:
-    """Label each value by its quantile bin (few distinct values keep their own label)."""
-    distinct = values.dropna().unique()
+def _strata(values: pd.Series, bins: int) -> tuple[pd.Series, list[str]]:
+    """Label each value by its quantile bin (few distinct values keep their own label), and the labels in
+    increasing order. A bin is labelled by the smallest and largest value it holds, as a reader writes numbers:
+    integers as integers (``0–2``, ``3``), others to 3 significant digits (``2.37–2.77``), never a quantile edge
+    such as ``(-0.001, 2.0]`` or ``(2.3720000000000003, 2.773]``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> labels, order = _strata(pd.Series([0, 1, 2, 2, 3, 3, 4, None]), bins=3)
+    >>> order, labels.tolist()
+    (['0–1', '2', '3–4', 'n/a'], ['0–1', '0–1', '2', '2', '3–4', '3–4', '3–4', 'n/a'])
+    >>> _strata(pd.Series([2.3720000000000003, 2.5, 2.773, 3.1, 5.029, 43.677]), bins=3)[1]
+    ['2.37–2.5', '2.77–3.1', '5.03–43.7']
+    """
+    distinct = np.sort(values.dropna().unique())
     if len(distinct) <= bins:
-        return values.map(lambda v: "n/a" if pd.isna(v) else f"{v:g}")
-    cut = pd.qcut(values, q=bins, duplicates="drop")
-    return cut.astype(str).where(values.notna(), "n/a")
+        labels = values.map(lambda v: "n/a" if pd.isna(v) else _number(v))
+        order = [_number(v) for v in distinct]
+    else:
+        codes = pd.qcut(values, q=bins, duplicates="drop", labels=False)
+        names = {}
+        for code in sorted(codes.dropna().unique()):
+            inside = values[codes == code]
+            lo, hi = _number(inside.min()), _number(inside.max())
+            names[code] = lo if lo == hi else f"{lo}–{hi}"
+        labels = codes.map(names)
+        order = list(dict.fromkeys(names.values()))
+    labels = labels.where(values.notna(), "n/a").astype(str)
+    return labels, order + (["n/a"] if values.isna().any() else [])
+
+
+def _number(value: float) -> str:
+    """An integer as an integer, anything else to 3 significant digits, never in scientific notation."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else np.format_float_positional(value, precision=3, fractional=False,
+                                                                               trim="-")
 
 
 def regime_map(
@@ -276,12 +308,13 @@ def regime_map(
 
     Returns
     -------
-    One row per (split, stratum): ``difference`` (model − baseline), ``ci_low``, ``ci_high``, ``n`` and
-    ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction, or too few conditions). Empty,
-    with the reason in ``attrs["skipped"]``, when ``model`` or ``baseline`` was not scored.
+    One row per (split, stratum), strata in increasing order of the covariate and labelled by the range of values
+    they hold (``0–2``, ``2.37–2.77``): ``model``, ``baseline``, ``difference`` (model − baseline), ``ci_low``,
+    ``ci_high``, ``n`` and ``verdict`` (``wins`` / ``ties`` / ``loses`` in the metric's good direction, or too
+    few conditions). Empty, with the reason in ``attrs["skipped"]``, when ``model`` or ``baseline`` was not scored.
     """
-    empty = pd.DataFrame(columns=["model", "split", "metric", "covariate", "stratum", "difference", "ci_low",
-                                  "ci_high", "n", "n_pairs", "verdict"])
+    empty = pd.DataFrame(columns=["model", "baseline", "split", "metric", "covariate", "stratum", "difference",
+                                  "ci_low", "ci_high", "n", "n_pairs", "verdict"])
     absent = [name for name in (model, baseline) if name not in set(table["model"])]
     if absent:  # e.g. a model that could not be fitted on any fold of this data: say so, do not fail
         empty.attrs["skipped"] = [{"analysis": f"regime map by {covariate}", "reason": (
@@ -290,14 +323,17 @@ def regime_map(
     rows = table[(table["metric"] == metric) & table["model"].isin([model, baseline])].copy()
     if covariate not in rows:
         raise VclibInputError(f"no covariate {covariate!r}; covariates: {[c for c in COVARIATES if c in rows]}.")
-    rows["stratum"] = _strata(rows[covariate], bins)
+    rows["stratum"], order = _strata(rows[covariate], bins)
     result = compare(rows, baseline=baseline, by=("split", "metric", "stratum"), n_boot=n_boot, seed=seed,
                      min_n=min_n)
     if result.empty:
         return empty
     result["verdict"] = result["better"].map(lambda b: {"yes": "wins", "no": "loses", "tie": "ties"}.get(b, b))
-    result.insert(3, "covariate", covariate)
-    return result.drop(columns="better")
+    result.insert(1, "baseline", baseline)
+    result.insert(4, "covariate", covariate)
+    position = result["stratum"].map({s: i for i, s in enumerate(order)})
+    result = result.assign(_order=position).sort_values(["model", "split", "metric", "_order"], kind="stable")
+    return result.drop(columns=["better", "_order"]).reset_index(drop=True)
 
 
 def error_drivers(
@@ -572,10 +608,37 @@ def describe_drivers(drivers: pd.DataFrame, *, model: str, metric: str) -> list[
     return sentences
 
 
-def predicted_delta(predictions: ad.AnnData, *, model: str, split: str, fold, context: str,
-                    perturbation: str) -> np.ndarray | None:
-    """One saved predicted delta (a gene vector), or None if that model has no prediction for the condition."""
+def _prediction_row(predictions: ad.AnnData, *, model: str, split: str, fold, context: str,
+                    perturbation: str) -> str | None:
+    """The name of the saved prediction of one condition, or None."""
     obs = predictions.obs
     hit = obs[(obs["model"] == model) & (obs["split"] == split) & (obs["fold"].astype(str) == str(fold))
               & (obs[CONTEXT_KEY].astype(str) == context) & (obs[PERTURBATION_KEY].astype(str) == perturbation)]
-    return None if hit.empty else np.asarray(predictions[hit.index[0]].X, dtype=np.float64).ravel()
+    return None if hit.empty else hit.index[0]
+
+
+def predicted_delta(predictions: ad.AnnData, *, model: str, split: str, fold, context: str,
+                    perturbation: str) -> np.ndarray | None:
+    """One saved predicted delta (a gene vector), or None if that model has no prediction for the condition."""
+    row = _prediction_row(predictions, model=model, split=split, fold=fold, context=context, perturbation=perturbation)
+    return None if row is None else np.asarray(predictions[row].X, dtype=np.float64).ravel()
+
+
+def scored_against(predictions: ad.AnnData, observed: ad.AnnData, *, model: str, split: str, fold, context: str,
+                   perturbation: str) -> np.ndarray | None:
+    """The observed delta a saved prediction was scored against (a gene vector), or None if there is none.
+
+    For a model, the condition's observed delta (``observed``, rows ``"context|perturbation"``). For the noise
+    ceiling, the delta of the *other* half of the condition's cells (its prediction is one half): the whole data
+    holds the predicting half's cells, so plotting that half against it would show their shared noise as
+    agreement (r far above the ceiling's score). None when the ceiling's other half was not saved (a benchmark
+    cached by a vclib before it saved both halves).
+    """
+    if model != CEILING:
+        name = condition_id(context, perturbation)
+        return np.asarray(observed[name].X, dtype=np.float64).ravel() if name in observed.obs_names else None
+    row = _prediction_row(predictions, model=model, split=split, fold=fold, context=context, perturbation=perturbation)
+    halves = predictions.uns.get(SCORED_AGAINST)
+    if row is None or halves is None or row not in halves.index:
+        return None
+    return halves.loc[row].to_numpy(dtype=np.float64)

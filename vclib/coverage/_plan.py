@@ -153,8 +153,11 @@ def next_experiments(
     transfers to the target and beats the perturbation's current best source; and the whole missing panel in a
     context (a new screen there). ``gain`` is in perturbations covered; ``coverage_after`` the target's mean
     coverage if that measurement were made (assuming the context's transfer stays what it is). Ranked by gain
-    per measured condition, then single measurements before screens, then total gain, then names:
-    deterministic.
+    per measured condition, then single measurements before screens, then (the tie-break among single
+    measurements) the perturbation measured in the fewest contexts first (its context dependence is the least
+    known: a perturbation seen in one context gives a model nothing to learn it from), then total gain.
+    Candidates equal on all of these share a rank (``tied`` says how many) and are listed by name; ranks skip
+    after a tie (1, 2, 2, 4), as in sports.
 
     Parameters
     ----------
@@ -173,9 +176,10 @@ def next_experiments(
 
     Returns
     -------
-    DataFrame with ``target``, ``rank``, ``kind``, ``perturbation`` (a name, or "N missing perturbations"),
-    ``context``, ``n_conditions``, ``gain``, ``gain_per_condition``, ``coverage_before``, ``coverage_after``
-    and ``why`` (the reason in words).
+    DataFrame with ``target``, ``rank`` (shared by tied candidates), ``tied`` (candidates sharing this rank, 1:
+    none), ``kind``, ``perturbation`` (a name, or "N missing perturbations"), ``context``, ``n_conditions``,
+    ``n_contexts`` (contexts that measured the perturbation today, the tie-break; empty for screens), ``gain``,
+    ``gain_per_condition``, ``coverage_before``, ``coverage_after`` and ``why`` (the reason in words).
 
     Examples
     --------
@@ -184,16 +188,16 @@ def next_experiments(
     >>> counts = vc.coverage.cell_counts(adata)
     >>> summary = vc.coverage.summarize_transfer(vc.coverage.transferability(adata))
     >>> plan = vc.coverage.next_experiments(counts, summary, targets="C2", top=3)
-    >>> plan["rank"].tolist()
-    [1, 2, 3]
+    >>> plan[["rank", "tied", "perturbation", "n_contexts"]].values.tolist()
+    [[1, 1, 'G0000+G0007', 1], [2, 3, 'G0002+G0003', 2], [2, 3, 'G0005+G0007', 2]]
     """
     coverage = target_coverage(counts, summary, targets=targets, min_cells=min_cells, min_shared=min_shared)
     measured = _measured(counts, min_cells)
     measured = measured[measured.any(axis=1)]
     contexts = list(counts.columns)
     weights = _weights(summary, contexts, min_shared=min_shared)
-    columns = ["target", "rank", "kind", "perturbation", "context", "n_conditions", "gain", "gain_per_condition",
-               "coverage_before", "coverage_after", "why"]
+    columns = ["target", "rank", "tied", "kind", "perturbation", "context", "n_conditions", "n_contexts", "gain",
+               "gain_per_condition", "coverage_before", "coverage_after", "why"]
     parts = []
     for t, cov in coverage.groupby("target", sort=False):
         cov = cov.set_index("perturbation")
@@ -237,11 +241,21 @@ def next_experiments(
             continue
         table = pd.DataFrame(rows)
         table["gain_per_condition"] = table["gain"] / table["n_conditions"]
-        table["kind_order"] = table["kind"].map({k: i for i, k in enumerate(KINDS)})
-        table = table.sort_values(["gain_per_condition", "kind_order", "gain", "context", "perturbation"],
-                                  ascending=[False, True, False, True, True], kind="stable").drop(columns="kind_order")
+        single = table["n_conditions"] == 1
+        table["n_contexts"] = pd.array([int(cov.loc[p, "n_contexts"]) if one else pd.NA
+                                        for p, one in zip(table["perturbation"], single, strict=True)], dtype="Int64")
+        # the criteria, with gains rounded so that float noise (1 − 0.77 computed two ways) cannot break a tie
+        key = pd.DataFrame({"gain": -table["gain_per_condition"].round(9),
+                            "kind": table["kind"].map({k: i for i, k in enumerate(KINDS)}),
+                            "contexts": table["n_contexts"].astype("Float64").fillna(np.inf),
+                            "total": -table["gain"].round(9)})
+        order = np.lexsort([table["perturbation"], table["context"], *[key[c] for c in reversed(key.columns)]])
+        table, key = table.iloc[order].reset_index(drop=True), key.iloc[order].reset_index(drop=True)
+        new_group = key.ne(key.shift()).any(axis=1).to_numpy()
+        group = np.cumsum(new_group)
         table.insert(0, "target", t)
-        table.insert(1, "rank", np.arange(1, len(table) + 1))
+        table.insert(1, "rank", pd.Series(np.arange(1, len(table) + 1)).where(new_group).ffill().astype(int))
+        table.insert(2, "tied", pd.Series(group).map(pd.Series(group).value_counts()).to_numpy())
         table["coverage_before"] = before
         table["coverage_after"] = before + table["gain"] / n_panel
         parts.append(table if top is None else table.head(top))

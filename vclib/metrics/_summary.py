@@ -185,7 +185,8 @@ def compare(
     -------
     One row per (model, group): ``difference`` (mean of model − baseline), ``ci_low``, ``ci_high``, ``n``
     (perturbations), ``n_pairs`` (paired rows), and ``better``: ``"yes"`` / ``"no"`` when the CI excludes 0 in
-    the metric's good / bad direction, ``"tie"`` otherwise, ``"n/a"`` without defined pairs.
+    the metric's good / bad direction, ``"tie"`` otherwise, ``"n/a"`` without defined pairs. ``attrs["baseline"]``
+    names the baseline.
 
     Examples
     --------
@@ -221,7 +222,9 @@ def compare(
             better = "n/a" if n == 0 else verdict(low, high, metric=row.get("metric"), n=n, min_n=min_n)
             rows.append({**row, "difference": mean, "ci_low": low, "ci_high": high, "n": n,
                          "n_pairs": int(ok.sum()), "better": better})
-    return pd.DataFrame(rows, columns=columns)
+    out = pd.DataFrame(rows, columns=columns)
+    out.attrs["baseline"] = baseline  # for the plots' labels (vclib.pl.versus_baseline names it)
+    return out
 
 
 def _splittable(a: Observed, b: Observed) -> set[str]:

@@ -17,11 +17,12 @@ from vclib.pl._failures import (
     error_vs_covariate,
     failure_gallery,
     hit_rate_curves,
+    prediction_scatter,
     regime_map,
     spread,
 )
 
 __all__ = ["coverage_heatmap", "delta_scatter", "distance_heatmap", "distance_vs_transfer", "effect_sizes",
            "error_vs_covariate", "failure_gallery", "hit_rate_curves", "leaderboard", "next_experiments",
-           "overlap_heatmap", "regime_map", "spread", "target_coverage", "transfer_pairs", "transfer_vs_truth",
-           "versus_baseline"]
+           "overlap_heatmap", "prediction_scatter", "regime_map", "spread", "target_coverage", "transfer_pairs",
+           "transfer_vs_truth", "versus_baseline"]

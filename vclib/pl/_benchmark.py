@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from vclib.metrics import REGISTRY
 from vclib.pl._base import axes as _axes
-from vclib.pl._base import differences, empty, why_empty
+from vclib.pl._base import (
+    empty,
+    grouped_differences,
+    legend_outside,
+    number,
+    row_labels,
+    verdict_legend,
+    why_empty,
+)
 
 
 def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = None) -> plt.Axes:
@@ -32,7 +42,7 @@ def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = Non
     order = models.groupby("model")["mean"].mean().sort_values(
         ascending=not _higher_is_better(metric)).index.tolist()
     split_names = sorted(rows["split"].unique()) if "split" in rows else [None]
-    ax = _axes(ax, (6, 0.45 * len(order) + 1.5))
+    ax = _axes(ax, (6, 0.4 * len(order) + 1.8))
     offsets = np.linspace(-0.25, 0.25, len(split_names)) if len(split_names) > 1 else [0.0]
     for k, (split, dy) in enumerate(zip(split_names, offsets, strict=True)):
         part = models if split is None else models[models["split"] == split]
@@ -48,12 +58,12 @@ def leaderboard(summary: pd.DataFrame, *, metric: str, ax: plt.Axes | None = Non
         labels = [f"{m} (n = {ns[m]})" for m in order]
     else:
         labels = order
-    ax.set_yticks(np.arange(len(order)), labels)
-    ax.invert_yaxis()
+    ax.set_ylim(len(order) - 0.5, -0.5)
+    row_labels(ax, np.arange(len(order)), labels)
     better = "higher" if _higher_is_better(metric) else "lower"
     ax.set_xlabel(f"{metric} ({better} is better; dashed: noise ceiling)")
     if split_names != [None]:
-        ax.legend(title="split", fontsize="small", loc="best")
+        legend_outside(ax, where="below", ncol=min(len(split_names), 3))
     return ax
 
 
@@ -61,26 +71,61 @@ def _higher_is_better(metric: str) -> bool:
     return REGISTRY[metric].higher_is_better if metric in REGISTRY else True
 
 
-def versus_baseline(comparison: pd.DataFrame, *, metric: str, ax: plt.Axes | None = None) -> plt.Axes:
-    """Paired difference model − baseline with 95% CI (output of :func:`vclib.metrics.compare`), per split.
+_VERDICT_COLOURS = {"yes": "C2", "no": "C3", "tie": "0.5"}
+
+
+def versus_baseline(comparison: pd.DataFrame, *, metric: str, baseline: str | None = None,
+                    ax: plt.Axes | None = None) -> plt.Axes:
+    """Paired difference model − baseline with 95% CI (output of :func:`vclib.metrics.compare`), one block of
+    models per split.
 
     Points right of zero are better when higher is better (and the other way round); bars crossing zero are ties.
+    The baseline is named from ``baseline``, else from the table (``attrs["baseline"]``, which
+    :func:`vclib.metrics.compare` sets). Models without a paired score on a split (nothing scored, or a metric
+    undefined for them, e.g. a correlation of a constant prediction) are not drawn as empty rows: the note under
+    the axis names them.
 
     Examples
     --------
     >>> import pandas as pd
     >>> c = pd.DataFrame({"model": ["a"], "split": "s", "metric": "mse", "difference": [-0.1],
     ...                   "ci_low": [-0.2], "ci_high": [0.0], "better": ["tie"]})
-    >>> ax = versus_baseline(c, metric="mse")
+    >>> ax = versus_baseline(c, metric="mse", baseline="b")
+    >>> ax.get_xlabel().startswith("mse: model − b")
+    True
     """
+    baseline = baseline or comparison.attrs.get("baseline") or "the baseline"
     rows = comparison[comparison["metric"] == metric].copy()
     if rows.empty:
         return empty(_axes(ax, (6, 2)), f"comparison on {metric}",
                      why_empty(comparison, "nothing was compared (see the skipped analyses above)"))
-    rows["label"] = rows["model"] + ("  ·  " + rows["split"] if "split" in rows else "")
-    rows = rows.sort_values(["split", "difference"] if "split" in rows else ["difference"])
-    ax = _axes(ax, (6, 0.35 * len(rows) + 1.5))
-    colours = rows["better"].map({"yes": "C2", "no": "C3", "tie": "0.5"}).fillna("0.8")  # grey-white: no verdict
-    differences(rows, rows["label"], colours, ax=ax)
-    ax.set_xlabel(f"{metric}: model − baseline (green better, red worse, grey tie)")
+    missing = rows[~np.isfinite(rows["difference"].to_numpy(dtype=float))]
+    rows = rows.drop(missing.index)
+    if rows.empty:
+        return empty(_axes(ax, (6, 2)), f"paired differences on {metric}", _no_pairs(missing))
+    rows = rows.sort_values(["split", "difference"] if "split" in rows else ["difference"], kind="stable")
+    few = rows["better"].astype(str).str.startswith("too few")
+    label = rows["model"].astype(str)
+    if "n" in rows:
+        label = label.where(~few, label + " (too few, n = " + rows["n"].map(number) + ")")
+    colour = rows["better"].map(_VERDICT_COLOURS).fillna("0.8")
+    ax = grouped_differences(rows, group="split", label=label, colour=colour, ax=ax)
+    better = ("higher" if _higher_is_better(metric) else "lower") if metric in REGISTRY else None
+    ax.set_xlabel(f"{metric}: model − {baseline}" + (f" ({better} is better)" if better else ""))
+    ax.set_title(f"Each model against {baseline}, paired on the same conditions", fontsize="medium")
+    verdict_legend(ax, [("better", "C2"), ("worse", "C3"), ("tie (CI crosses 0)", "0.5"),
+                        ("no verdict (too few conditions)", "0.8")],
+                   title=_no_pairs(missing) if len(missing) else None)
     return ax
+
+
+def _no_pairs(missing: pd.DataFrame) -> str:
+    """The models without a paired score, per split, in one sentence."""
+    if missing.empty:
+        return "no model has a paired score"
+    if "split" not in missing:
+        return textwrap.fill("no paired score (not scored, or undefined for the model): "
+                             + ", ".join(sorted(map(str, missing["model"]))), width=80)
+    by_model = missing.groupby("model", sort=True)["split"].agg(lambda s: ", ".join(sorted(map(str, s))))
+    return textwrap.fill("no paired score (not scored, or undefined for the model): " + "; ".join(
+        f"{m} ({splits})" if splits else m for m, splits in by_model.items()), width=80)
