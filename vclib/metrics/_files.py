@@ -30,8 +30,16 @@ from vclib.metrics._evaluate import CELL_EVAL, EVALUATE_DEFAULTS, SCORING_DEFAUL
 from vclib.metrics._summary import CEILING, aggregate, beyond_ceiling, calibrate, ceiling, predict_control
 from vclib.report import COLUMNS as NOTE_COLUMNS
 from vclib.report import SKIPPED_FILE
-from vclib.schema import COUNTS, CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, check_genes, detect_values, \
-    normalise
+from vclib.schema import (
+    CONTEXT_KEY,
+    CONTROL,
+    COUNTS,
+    PERTURBATION_KEY,
+    VclibInputError,
+    check_genes,
+    detect_values,
+    normalise,
+)
 
 PREDICTION = "prediction"
 CONTEXT_MEAN = "context_mean"
