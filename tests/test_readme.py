@@ -43,7 +43,9 @@ GROUPS = {
     ("Bring your own h5ad", "python"): "python",
     ("Context coverage", "python"): "python",
     ("Scoring predictions", "python"): "python",
+    ("Scoring predictions", "bash"): "evaluate",
     ("Running a benchmark", "python"): "python",
+    ("Models in their own environments: the fold protocol", "python"): "python",
     ("Public datasets", "python"): "datasets",
     ("Public datasets", "bash"): "datasets",
 }
@@ -100,6 +102,29 @@ def _write_user_files(folder: Path) -> None:
                var=pd.DataFrame(index=deltas.var_names)).write_h5ad(folder / "signatures.h5ad")
 
 
+def _write_prediction_files(folder: Path) -> None:
+    """What the `vclib evaluate` block scores: a prediction and an observation in cell-eval's layout, and a model's
+    and a baseline's pseudobulk predictions for the screen, in the screen's own layout."""
+    for name, seed in (("real", 0), ("pred", 1)):
+        sim = vc.loaders.simulate(n_contexts=1, n_perturbations=8, n_combinations=0, n_genes=80,
+                                  cells_per_condition=20, control_cells=40, seed=seed)
+        obs = pd.DataFrame({"target_gene": sim.obs["perturbation"].astype(str).replace(
+            {"control": "non-targeting"}).to_numpy()}, index=sim.obs_names)
+        ad.AnnData(X=sparse.csr_matrix(sim.X, dtype=np.float32), obs=obs,
+                   var=pd.DataFrame(index=sim.var_names)).write_h5ad(folder / f"{name}.h5ad")
+    screen = vc.loaders.read(folder / "path" / "to" / "screen.h5ad", perturbation_key="guide_target",
+                             context_key="cell_line", control="non-targeting")
+    pb = vc.pseudobulk.pseudobulk(screen)
+    pb = pb[pb.obs["perturbation"] != "control"]
+    obs = pd.DataFrame({"guide_target": pb.obs["perturbation"].astype(str).to_numpy(),
+                        "cell_line": pb.obs["context"].astype(str).to_numpy()})
+    noisy = np.asarray(pb.X) + np.random.default_rng(0).normal(scale=0.05, size=pb.shape)
+    ad.AnnData(X=np.clip(noisy, 0, None), obs=obs, var=pd.DataFrame(index=pb.var_names)).write_h5ad(
+        folder / "my_model.h5ad")
+    means = pd.DataFrame(np.asarray(pb.X)).groupby(obs["cell_line"].to_numpy()).transform("mean").to_numpy()
+    ad.AnnData(X=means, obs=obs, var=pd.DataFrame(index=pb.var_names)).write_h5ad(folder / "my_training_mean.h5ad")
+
+
 def _mirror_files(folder: Path) -> None:
     """The registry's kang_2018 file in pertpy's layout (counts layer, obs 'label' and 'cell_type')."""
     sim = vc.loaders.simulate(n_contexts=3, n_perturbations=1, n_combinations=0, coverage=1.0, n_genes=60,
@@ -120,6 +145,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def _files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("readme-files")
     _write_user_files(folder)
+    _write_prediction_files(folder)
     (folder / "mirror").mkdir()
     _mirror_files(folder / "mirror")
     return folder
@@ -192,6 +218,11 @@ def test_readme_block_group_runs_as_written(group, user_folder):
     if group == "python":
         assert {"linear", "training_mean", "ceiling"} <= set(namespace["summary"]["model"])
         assert (user_folder / "results" / "my_benchmark" / "run_index.csv").exists()
+        assert {"my_model", "linear"} <= set(namespace["scores"]["model"])  # the fold protocol's answers, scored
+    if group == "evaluate":
+        for out in ("scores", "my_model_scores"):
+            summary = pd.read_csv(user_folder / out / "summary.csv")
+            assert {"prediction", "ceiling"} <= set(summary["model"])
     if group == "datasets":
         assert (user_folder / "cache" / "kang_2018.h5ad").exists()
         assert set(namespace["kang"].obs["perturbation"]) == {"control", "stim"}

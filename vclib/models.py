@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from vclib import pseudobulk as pbk
 from vclib.baselines import PseudobulkBaseline, _embedding_matrix, _parse, _perturbation_embedding
+from vclib.splits._export import MANIFEST, prediction_file
 from vclib.schema import (
     CONTEXT_KEY,
     CONTROL,
@@ -118,9 +119,9 @@ class ExternalPredictions(PseudobulkBaseline):
     Parameters
     ----------
     source
-        Where the predictions are: a path template with ``{split}`` and ``{fold}`` (e.g.
-        ``"gears/{split}_{fold}.h5ad"``), a dict ``{(split, fold): path or AnnData}``, or one path / AnnData used
-        for every fold.
+        Where the predictions are: a folder written by :func:`vclib.splits.export` (the model's answers in its
+        ``predictions/``), a path template with ``{split}`` and ``{fold}`` (e.g. ``"gears/{split}_{fold}.h5ad"``),
+        a dict ``{(split, fold): path or AnnData}``, or one path / AnnData used for every fold.
     perturbation_key, context_key, control
         Column names and control label of the files (cell-eval's layout: ``"target_gene"``, ``None``,
         ``"non-targeting"``).
@@ -144,7 +145,9 @@ class ExternalPredictions(PseudobulkBaseline):
         return ExternalPredictions(self.source, perturbation_key=self.perturbation_key,
                                    context_key=self.context_key, control=self.control, split=split, fold=fold)
 
-    def _load(self) -> tuple[ad.AnnData, str]:
+    def _source(self) -> ad.AnnData | Path:
+        """This split fold's predictions: an AnnData, or the file to read (from a dict, a path template, one file, or
+        a folder written by :func:`vclib.splits.export`)."""
         source = self.source
         if isinstance(source, dict):
             if (self.split, self.fold) not in source:
@@ -152,8 +155,16 @@ class ExternalPredictions(PseudobulkBaseline):
                                       f"given: {sorted(source)}.")
             source = source[(self.split, self.fold)]
         if isinstance(source, ad.AnnData):
+            return source
+        if (Path(str(source)) / MANIFEST).is_file():
+            return prediction_file(source, self.split, self.fold)
+        return self._path(source)
+
+    def _load(self) -> tuple[ad.AnnData, str]:
+        source = self._source()
+        if isinstance(source, ad.AnnData):
             return source, "AnnData"
-        path = self._path(source)
+        path = source
         if not path.exists():
             raise VclibInputError(f"external predictions {str(path)!r} not found (split {self.split!r}, "
                                   f"fold {self.fold!r}).")
@@ -175,7 +186,10 @@ class ExternalPredictions(PseudobulkBaseline):
     def content_hash(self) -> str:
         """A hash of the predictions this object reads for its split fold (the file's bytes, or an in-memory
         AnnData's values and labels), so a changed file is never mistaken for the one scored before."""
-        source = self.source.get((self.split, self.fold)) if isinstance(self.source, dict) else self.source
+        try:
+            source = self._source()
+        except VclibInputError:
+            return "missing"
         h = hashlib.sha256()
         if isinstance(source, ad.AnnData):
             X = source.X
@@ -184,10 +198,9 @@ class ExternalPredictions(PseudobulkBaseline):
             h.update(pd.util.hash_pandas_object(source.obs.astype(str), index=True).to_numpy().tobytes())
             h.update("\n".join(map(str, source.var_names)).encode())
             return h.hexdigest()[:16]
-        path = self._path(source) if source is not None else None
-        if path is None or not path.exists():
+        if not source.exists():
             return "missing"
-        with path.open("rb") as handle:
+        with source.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 h.update(chunk)
         return h.hexdigest()[:16]

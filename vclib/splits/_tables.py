@@ -1,14 +1,4 @@
-"""Honest splits: which conditions a model may train on and which it is tested on.
-
-Every split is a tidy table with one row per (fold, context, perturbation) and columns ``split``, ``fold``,
-``context``, ``perturbation``, ``role`` (``train``, ``test`` or ``excluded``) and ``n_seen_singles`` (for
-combinations: how many of the double's singles are in training). Control conditions are always ``train``: a
-lab has its control cells before it runs a screen. Tables save with ``to_csv`` and load with :func:`read`.
-
-A split never lets a test condition's perturbed cells reach training: :func:`training_data` builds each
-fold's training pseudobulk from training cells only (models fit their gene selection and PCA on it), and
-:func:`check_leakage` fails loudly if a test condition appears among what a model was fitted on.
-"""
+"""Split tables: the splits themselves, the training data of a fold and the leakage check."""
 
 from __future__ import annotations
 
