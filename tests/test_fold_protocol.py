@@ -59,7 +59,8 @@ def test_an_oracle_answering_through_the_protocol_scores_perfectly(data, tmp_pat
         test = pd.read_csv(folder / entry["folder"] / "test.csv", dtype=str)
         answer = truth[[f"{c}|{p}" for c, p in zip(test["context"], test["perturbation"], strict=True)]]
         ad.AnnData(np.asarray(answer.X), obs=test[["context", "perturbation"]],
-                   var=pd.DataFrame(index=truth.var_names)).write_h5ad(folder / "predictions" / f"{entry['folder']}.h5ad")
+                   var=pd.DataFrame(index=truth.var_names)).write_h5ad(
+            folder / "predictions" / f"{entry['folder']}.h5ad")
     scores = vc.benchmark.run(data, splits=table, models={"oracle": vc.models.ExternalPredictions(folder)},
                               metrics=["mse_delta", "pearson_delta", "discrimination_score_l1"], progress=False,
                               include_ceiling=False)

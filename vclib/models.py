@@ -23,7 +23,6 @@ from sklearn.preprocessing import StandardScaler
 
 from vclib import pseudobulk as pbk
 from vclib.baselines import PseudobulkBaseline, _embedding_matrix, _parse, _perturbation_embedding
-from vclib.splits._export import MANIFEST, prediction_file
 from vclib.schema import (
     CONTEXT_KEY,
     CONTROL,
@@ -33,6 +32,7 @@ from vclib.schema import (
     VclibInputError,
     canonical_label,
 )
+from vclib.splits._export import MANIFEST, prediction_file
 
 
 class MLP(PseudobulkBaseline):
