@@ -46,6 +46,18 @@ def test_notebooks_are_committed_without_outputs():
         )
 
 
+def test_notebooks_are_in_the_form_nbstripout_writes():
+    """A clone with nbstripout's git filter (README, Developing) shows no notebook as modified: each committed
+    notebook is byte for byte what nbstripout writes (outputs, counts and widget state stripped, cell ids numbered)."""
+    import subprocess
+    import sys
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        stripped = subprocess.run([sys.executable, "-m", "nbstripout", "--textconv", str(path)], capture_output=True,
+                                  check=True).stdout
+        assert stripped == path.read_bytes(), f"{path.name} is not as nbstripout writes it: run nbstripout {path}"
+
+
 def test_import_loads_no_notebook_or_plotting_stack():
     """`import vclib` (and scoring) must not pay for papermill, nbconvert, ipywidgets or the plotting stack: they
     load when a module that needs them is first used. Checked in a fresh interpreter, on sys.modules, not a time."""
