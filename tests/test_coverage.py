@@ -597,6 +597,7 @@ def test_distance_plots_of_signatures_give_the_signature_reason():
                      obs=pd.DataFrame({"perturbation": ["d", "d"], "context": ["a", "b"]}, index=["0", "1"]))
     sig = vc.loaders.read(sig, values="signature")
     distances = vc.coverage.control_distances(sig)
-    pairs = vc.coverage.distance_vs_transfer(distances, vc.coverage.summarize_transfer(vc.coverage.transferability(sig)))
+    summary = vc.coverage.summarize_transfer(vc.coverage.transferability(sig))
+    pairs = vc.coverage.distance_vs_transfer(distances, summary)
     for ax in (vc.pl.distance_heatmap(distances), vc.pl.distance_vs_transfer(pairs)):
         assert "response signatures without cells" in ax.texts[0].get_text()

@@ -65,9 +65,9 @@ def test_import_loads_no_notebook_or_plotting_stack():
     import sys
 
     heavy = ["papermill", "nbconvert", "ipywidgets", "seaborn", "matplotlib", "scanpy"]
-    code = ("import sys, vclib\nbare = [m for m in {heavy!r} if m in sys.modules]\n"
+    code = (f"import sys, vclib\nbare = [m for m in {heavy!r} if m in sys.modules]\n"
             "vclib.metrics.evaluate, vclib.benchmark.run\n"
-            "scoring = [m for m in {heavy!r} if m in sys.modules]\n"
-            "vclib.pl\nprint(bare, scoring, 'matplotlib' in sys.modules)").format(heavy=heavy)
+            f"scoring = [m for m in {heavy!r} if m in sys.modules]\n"
+            "vclib.pl\nprint(bare, scoring, 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[] [] True"  # the last: vc.pl does load matplotlib, so the check can see a module arrive
