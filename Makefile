@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vclib-installed
 ARGS ?=
+# JupyterLab setting of this environment (overrides.d holds one file per package): notebooks are saved with their
+# widget state, so a reopened notebook shows each widget's last view, not "Error displaying widget: model not found"
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/vclib.json
+ENV := $(STAMP) $(LAB_SETTINGS)
 
 .PHONY: run test test-fast lab venv clean-venv benchmarks
 
@@ -16,25 +20,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name vclib --display-name "Python (vclib)" >/dev/null
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(LAB_SETTINGS): jupyter-config/lab-settings.json $(STAMP)
+	mkdir -p $(dir $@)
+	cp jupyter-config/lab-settings.json $@
+
+venv: $(ENV)
 
 ## make run: execute all notebooks on the embedded simulator into results/<run>/ (extra options: ARGS="...")
-run: $(STAMP)
+run: $(ENV)
 	$(BIN)/vclib run $(ARGS)
 
 ## make test: the whole test suite, notebooks included, on every core (pytest-xdist)
-test: $(STAMP)
+test: $(ENV)
 	$(BIN)/python -m pytest -n auto --dist worksteal $(ARGS)
 
 ## make test-fast: everything but the notebook runs
-test-fast: $(STAMP)
+test-fast: $(ENV)
 	$(BIN)/python -m pytest -m "not notebooks" $(ARGS)
 
 ## make lab: JupyterLab on notebooks/ with the vclib kernel
-lab: $(STAMP)
+lab: $(ENV)
 	$(BIN)/jupyter lab notebooks/
 
-benchmarks: $(STAMP)
+benchmarks: $(ENV)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
 clean-venv:

@@ -2,7 +2,9 @@
 
 import json
 import re
+from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from conftest import ROOT
@@ -56,6 +58,20 @@ def test_notebooks_are_in_the_form_nbstripout_writes():
         stripped = subprocess.run([sys.executable, "-m", "nbstripout", "--textconv", str(path)], capture_output=True,
                                   check=True).stdout
         assert stripped == path.read_bytes(), f"{path.name} is not as nbstripout writes it: run nbstripout {path}"
+
+
+def test_jupyterlab_saves_widget_state():
+    """`make venv` installs jupyter-config/lab-settings.json as this environment's JupyterLab setting: notebooks are
+    saved with their widget state, so a reopened notebook shows its widgets, not "model not found" (the browser test
+    checks the effect)."""
+    from jupyterlab.commands import get_app_dir
+
+    committed = json.loads((ROOT / "jupyter-config" / "lab-settings.json").read_text())
+    assert committed["@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True
+    installed = Path(get_app_dir()) / "settings" / "overrides.d" / "vclib.json"
+    if not installed.exists():
+        pytest.skip(f"{installed} absent: this environment was not made by `make venv`")
+    assert json.loads(installed.read_text()) == committed
 
 
 def test_import_loads_no_notebook_or_plotting_stack():
