@@ -9,7 +9,7 @@ ARGS ?=
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/vclib.json
 ENV := $(STAMP) $(LAB_SETTINGS)
 
-.PHONY: run test test-fast lab venv clean-venv benchmarks
+.PHONY: run test test-fast test-browser lab venv clean-venv benchmarks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,13 +30,17 @@ venv: $(ENV)
 run: $(ENV)
 	$(BIN)/vclib run $(ARGS)
 
-## make test: the whole test suite, notebooks included, on every core (pytest-xdist)
+## make test: the whole test suite, notebooks and browser tests included (skipped without chromium), on every core
 test: $(ENV)
 	$(BIN)/python -m pytest -n auto --dist worksteal $(ARGS)
 
-## make test-fast: everything but the notebook runs
+## make test-fast: everything but the notebook runs and the browser
 test-fast: $(ENV)
-	$(BIN)/python -m pytest -m "not notebooks" $(ARGS)
+	$(BIN)/python -m pytest -m "not notebooks and not browser" $(ARGS)
+
+## make test-browser: the notebooks in JupyterLab and a run's report, in Debian's chromium (fails without it)
+test-browser: $(ENV)
+	VCLIB_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m browser -n auto --dist worksteal $(ARGS)
 
 ## make lab: JupyterLab on notebooks/ with the vclib kernel
 lab: $(ENV)

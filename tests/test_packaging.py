@@ -9,9 +9,12 @@ import tomllib
 import yaml
 from conftest import ROOT
 
+CONDA_FORGE_NAMES = {"playwright-python": "playwright"}  # conda-forge's name: PyPI's
+
 
 def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~ \[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    name = re.split(r"[<>=!~ \[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    return CONDA_FORGE_NAMES.get(name, name)
 
 
 def test_environment_yml_matches_pyproject():
