@@ -4,8 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vclib-installed
 ARGS ?=
+# JupyterLab setting of this environment (overrides.d holds one file per package): notebooks are saved with their
+# widget state, so a reopened notebook shows each widget's last view, not "Error displaying widget: model not found"
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/vclib.json
+ENV := $(STAMP) $(LAB_SETTINGS)
 
-.PHONY: run test test-fast lab venv clean-venv benchmarks
+.PHONY: run test test-fast test-browser lab venv clean-venv benchmarks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,25 +20,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name vclib --display-name "Python (vclib)" >/dev/null
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(LAB_SETTINGS): jupyter-config/lab-settings.json $(STAMP)
+	mkdir -p $(dir $@)
+	cp jupyter-config/lab-settings.json $@
+
+venv: $(ENV)
 
 ## make run: execute all notebooks on the embedded simulator into results/<run>/ (extra options: ARGS="...")
-run: $(STAMP)
+run: $(ENV)
 	$(BIN)/vclib run $(ARGS)
 
-## make test: the whole test suite, notebooks included, on every core (pytest-xdist)
-test: $(STAMP)
+## make test: the whole test suite, notebooks and browser tests included (skipped without chromium), on every core
+test: $(ENV)
 	$(BIN)/python -m pytest -n auto --dist worksteal $(ARGS)
 
-## make test-fast: everything but the notebook runs
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not notebooks" $(ARGS)
+## make test-fast: everything but the notebook runs and the browser
+test-fast: $(ENV)
+	$(BIN)/python -m pytest -m "not notebooks and not browser" $(ARGS)
+
+## make test-browser: the notebooks in JupyterLab and a run's report, in Debian's chromium (fails without it)
+test-browser: $(ENV)
+	VCLIB_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m browser -n auto --dist worksteal $(ARGS)
 
 ## make lab: JupyterLab on notebooks/ with the vclib kernel
-lab: $(STAMP)
+lab: $(ENV)
 	$(BIN)/jupyter lab notebooks/
 
-benchmarks: $(STAMP)
+benchmarks: $(ENV)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
 clean-venv:

@@ -31,3 +31,15 @@ def _small_sim():
 def sim(_small_sim):
     """A small simulated dataset in the data contract (a fresh copy per test)."""
     return _small_sim.copy()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print what tests recorded as ``record_property("timing", ...)`` (the browser tests' seconds per notebook);
+    the properties travel with the reports, so this works under pytest-xdist too."""
+    lines = [f"{report.nodeid.split('::')[-1]}: {value}" for reports in terminalreporter.stats.values()
+             for report in reports if getattr(report, "when", None) == "call"
+             for name, value in getattr(report, "user_properties", ()) if name == "timing"]
+    if lines:
+        terminalreporter.section("timings")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -558,9 +558,11 @@ def _run_notebook(tmp_path, **parameters):
     import papermill as pm
 
     out = tmp_path / "results"
-    pm.execute_notebook(str(ROOT / "notebooks" / "01_context_coverage.ipynb"), str(tmp_path / "01.ipynb"),
+    notebook = ROOT / "notebooks" / "01_context_coverage.ipynb"
+    pm.execute_notebook(str(notebook), str(tmp_path / "01.ipynb"),
                         parameters={"RESULTS_DIR": str(out), "WIDGETS": False, **parameters},
-                        cwd=str(ROOT / "notebooks"), progress_bar=False, execution_timeout=900)
+                        cwd=str(ROOT / "notebooks"), kernel_name=vc.runner.kernel_for(notebook), progress_bar=False,
+                        execution_timeout=900)
     return out
 
 

@@ -214,19 +214,37 @@ def test_worst_conditions_follow_the_metric_direction():
     assert F.worst_conditions(t, model="m", metric="pearson_delta", n=1)["perturbation"].iloc[0] == "b"
 
 
-def test_failure_browser_shows_the_chosen_condition():
+def test_failure_browser_lists_the_conditions_of_the_chosen_split_and_model():
     perts = [f"p{i}" for i in range(3)]
-    predictions = _predictions(np.array([1.0, 2.0, 3.0]), perts, "m")
+    predictions = ad.concat([_predictions(np.array([1.0, 2.0, 3.0]), perts, m) for m in ("m", "n")], merge="same")
     observed = ad.AnnData(np.ones((3, 3), dtype=np.float32), obs=pd.DataFrame(index=[f"c|{p}" for p in perts]))
     table = pd.DataFrame({"model": "m", "split": "s", "fold": "0", "context": "c", "perturbation": perts,
                           "metric": "pearson_delta", "value": [0.1, 0.2, 0.3]})
+    long_name = "a_very_long_context_name_of_a_donor"
+    other = pd.DataFrame({"model": ["m", "m", "n", "ceiling"], "split": ["t", "t", "s", "s"],
+                          "fold": ["1", "2", "0", "0"], "context": [long_name] * 2 + ["c"] * 2,
+                          "perturbation": ["GENE_WITH_A_LONG_NAME"] * 2 + ["p1"] * 2, "metric": "pearson_delta",
+                          "value": [0.5, 0.6, 0.7, 0.9]})
+    table = pd.concat([table, other], ignore_index=True)
     widget = vc.widgets.failure_browser(table, predictions, observed, model="m")
-    model_box, condition_box = widget.children[:2]
-    assert model_box.value == "m" and condition_box.value == "s · 0 · c|p0"
-    assert len(condition_box.options) == 3
-    condition_box.value = "s · 0 · c|p2"  # what a click in the dropdown does: the callback redraws
-    title = widget.result.axes[0].get_title()
-    assert "c|p2" in title and "pearson_delta = 0.300" in title
+    (split_box, model_box), condition_box = widget.children[0].children, widget.children[1]
+    assert split_box.value == "s" and model_box.value == "m"
+    assert model_box.options == ("m", "n")  # the ceiling has no saved predictions to show
+    assert condition_box.label == "c | p0" and len(condition_box.options) == 3  # split s, model m only
+    condition_box.value = ("0", "c", "p2")  # what a click in the dropdown does: the callback redraws
+    assert "c|p2" in widget.result.axes[0].get_title() and "pearson_delta = 0.300" in widget.result.axes[0].get_title()
+    model_box.value = "n"  # n was scored on p1 only: the list follows, the drawing too
+    assert [label for label, _ in condition_box.options] == ["c | p1"]
+    assert "n · c|p1" in widget.result.axes[0].get_title()
+    model_box.value, split_box.value = "m", "t"  # one condition tested in two folds: whole names, fold added
+    assert [label for label, _ in condition_box.options] == [f"{long_name} | GENE_WITH_A_LONG_NAME (fold 1)",
+                                                             f"{long_name} | GENE_WITH_A_LONG_NAME (fold 2)"]
+    assert "no prediction" in widget.result.axes[0].get_title()
+    model_box.value = "n"  # n was not scored on split t: an empty list and a figure that says so
+    assert condition_box.options == () and condition_box.value is None
+    assert "n was not scored on split t" in widget.result.axes[0].get_title()
+    with pytest.raises(VclibInputError, match=r"model 'ceiling' is not in the table .*models are: \['m', 'n'\]"):
+        vc.widgets.failure_browser(table, predictions, observed, model="ceiling")
 
 
 def test_read_results_refuses_parts_that_describe_different_data(tmp_path):

@@ -2,14 +2,19 @@
 
 import json
 import re
+from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from conftest import ROOT
 
+CONDA_FORGE_NAMES = {"playwright-python": "playwright"}  # conda-forge's name: PyPI's
+
 
 def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~ \[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    name = re.split(r"[<>=!~ \[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    return CONDA_FORGE_NAMES.get(name, name)
 
 
 def test_environment_yml_matches_pyproject():
@@ -44,6 +49,32 @@ def test_notebooks_are_committed_without_outputs():
         assert not any(re.search(r"^\s*(def|class) ", "".join(c["source"]), re.M) for c in code), (
             f"{path.name} defines a function or class; that belongs in vclib/"
         )
+
+
+def test_notebooks_are_in_the_form_nbstripout_writes():
+    """A clone with nbstripout's git filter (README, Developing) shows no notebook as modified: each committed
+    notebook is byte for byte what nbstripout writes (outputs, counts and widget state stripped, cell ids numbered)."""
+    import subprocess
+    import sys
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        stripped = subprocess.run([sys.executable, "-m", "nbstripout", "--textconv", str(path)], capture_output=True,
+                                  check=True).stdout
+        assert stripped == path.read_bytes(), f"{path.name} is not as nbstripout writes it: run nbstripout {path}"
+
+
+def test_jupyterlab_saves_widget_state():
+    """`make venv` installs jupyter-config/lab-settings.json as this environment's JupyterLab setting: notebooks are
+    saved with their widget state, so a reopened notebook shows its widgets, not "model not found" (the browser test
+    checks the effect)."""
+    from jupyterlab.commands import get_app_dir
+
+    committed = json.loads((ROOT / "jupyter-config" / "lab-settings.json").read_text())
+    assert committed["@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True
+    installed = Path(get_app_dir()) / "settings" / "overrides.d" / "vclib.json"
+    if not installed.exists():
+        pytest.skip(f"{installed} absent: this environment was not made by `make venv`")
+    assert json.loads(installed.read_text()) == committed
 
 
 def test_import_loads_no_notebook_or_plotting_stack():

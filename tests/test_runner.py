@@ -78,6 +78,31 @@ def _tiny_notebooks(folder, *, sleep: float = 0.0):
     return folder
 
 
+def test_notebooks_name_the_vclib_kernel_and_run_where_it_is_missing(tmp_path, monkeypatch):
+    """The notebooks open on "Python (vclib)"; `vclib run` uses that kernel where it is installed and falls back to
+    python3 (this interpreter) where it is not, e.g. in an environment made without the Makefile."""
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    for path in runner.notebooks():
+        spec = nbformat.read(path, as_version=4).metadata["kernelspec"]
+        assert spec == {"name": "vclib", "display_name": "Python (vclib)", "language": "python"}, path.name
+    installed = KernelSpecManager().find_kernel_specs()
+    if "vclib" in installed:  # registered by `make venv`: it must run this environment's interpreter
+        assert KernelSpecManager().get_kernel_spec("vclib").argv[0] == sys.executable
+        assert runner.kernel_for(runner.notebooks()[0]) == "vclib"
+    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs",
+                        lambda self: {k: v for k, v in installed.items() if k != "vclib"})
+    assert runner.kernel_for(runner.notebooks()[0]) == "python3"
+    notebooks = _tiny_notebooks(tmp_path / "nb")
+    for path in notebooks.glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        nb.metadata["kernelspec"] = {"name": "vclib", "display_name": "Python (vclib)", "language": "python"}
+        nbformat.write(nb, path)
+    _complete(runner.run(results_dir=tmp_path, name="r", notebooks_dir=notebooks, progress=False))
+
+
 def _complete(run_dir) -> None:
     """A finished run: both notebooks, both HTML copies, both tables, an index linking every page."""
     for name in ("01_first", "02_second"):

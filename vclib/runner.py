@@ -24,8 +24,8 @@ from vclib.schema import VclibInputError
 LOG_FILE = "vclib.log"
 CELL_TIMEOUT = 3600  # seconds; a stuck cell fails the run instead of blocking it forever
 
-__all__ = ["LOG_FILE", "REPORT_FILE", "RUN_FILE", "Interrupted", "RunError", "declared_parameters", "key_figures",
-           "notebooks", "parse_parameters", "parse_value", "run"]
+__all__ = ["LOG_FILE", "REPORT_FILE", "RUN_FILE", "Interrupted", "RunError", "declared_parameters", "kernel_for",
+           "key_figures", "notebooks", "parse_parameters", "parse_value", "run"]
 
 
 class RunError(VclibInputError):
@@ -49,6 +49,22 @@ def notebooks(directory: str | Path | None = None) -> list[Path]:
     if not found:
         raise VclibInputError(f"no notebooks named NN_name.ipynb in {str(directory)!r}.")
     return found
+
+
+FALLBACK_KERNEL = "python3"
+
+
+def kernel_for(notebook: str | Path) -> str:
+    """The Jupyter kernel that runs ``notebook``: the one its metadata names (``vclib``, "Python (vclib)", which
+    ``make venv`` registers in the environment with ``ipykernel install --sys-prefix``) where that kernel is
+    installed, else ``python3``, ipykernel's kernel for the interpreter running vclib. An environment made without
+    the Makefile (``pip install -e .``, conda) so still runs the notebooks instead of failing on a missing kernel.
+    """
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = nbformat.read(notebook, as_version=4).metadata.get("kernelspec", {}).get("name", FALLBACK_KERNEL)
+    return name if name in KernelSpecManager().find_kernel_specs() else FALLBACK_KERNEL
 
 
 BOOLEANS = {"true": True, "false": False}
@@ -274,7 +290,8 @@ def run(
     html
         Also write an HTML copy of each executed notebook and the run's ``index.html``.
     kernel_name
-        Jupyter kernel; default the notebook's own (the registered "Python (vclib)", else ``python3``).
+        Jupyter kernel; default the notebook's own where it is installed (the "Python (vclib)" kernel ``make venv``
+        registers), else ``python3`` (:func:`kernel_for`).
     progress
         Show a progress bar per notebook.
     cwd
@@ -343,10 +360,11 @@ def run(
         if "WIDGETS" in declared[path.name]:  # batch runs render static HTML, where widgets cannot respond
             own.setdefault("WIDGETS", False)
         bar = {"desc": f"{number}/{len(paths)} {path.stem}", "file": sys.stdout} if progress else False
+        kernel = kernel_name or kernel_for(path)
         try:
             with _stderr_to(log):
                 pm.execute_notebook(str(path), str(partial), parameters=own, cwd=str(path.parent),
-                                    kernel_name=kernel_name, progress_bar=bar, execution_timeout=CELL_TIMEOUT,
+                                    kernel_name=kernel, progress_bar=bar, execution_timeout=CELL_TIMEOUT,
                                     engine_name=_section_engine())
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted in {path.name}; the finished notebooks are kept. Resume with: vclib run "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipywidgets
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import display
 
 from vclib import pl
 from vclib.failures import predicted_delta
@@ -55,7 +56,8 @@ def target_explorer(
         raise VclibInputError("the coverage table is empty: the widget needs at least one target context.")
     if target is not None and target not in options:
         raise VclibInputError(f"target {target!r} is not in the coverage table; targets are: {options}.")
-    dropdown = ipywidgets.Dropdown(options=options, value=target or options[0], description="target context")
+    dropdown = ipywidgets.Dropdown(options=options, value=target or options[0], description="target context",
+                                   style={"description_width": "initial"})  # the label whole, not "target con…"
 
     shown = {}
 
@@ -71,6 +73,16 @@ def target_explorer(
     return shown["widget"]
 
 
+def _conditions(rows: pd.DataFrame, split: str, model: str) -> list[tuple[str, tuple[str, str, str]]]:
+    """(label, (fold, context, perturbation)) of every condition ``model`` was scored on in ``split``; the label is
+    ``context | perturbation``, with the fold only where one condition was tested in several folds."""
+    own = rows[(rows["split"] == split) & (rows["model"] == model)]
+    keys = sorted(set(zip(own["fold"].astype(str), own["context"].astype(str), own["perturbation"].astype(str),
+                          strict=True)), key=lambda k: (k[1], k[2], k[0]))
+    folds = pd.Series([(c, p) for _, c, p in keys], dtype=object).value_counts()
+    return [(f"{c} | {p}" + (f" (fold {f})" if folds[(c, p)] > 1 else ""), (f, c, p)) for f, c, p in keys]
+
+
 def failure_browser(
     table: pd.DataFrame,
     predictions,
@@ -78,48 +90,94 @@ def failure_browser(
     *,
     metric: str = "pearson_delta",
     model: str | None = None,
-) -> ipywidgets.interactive:
-    """Browse every test condition: predicted against observed delta for a chosen model.
+    split: str | None = None,
+) -> ipywidgets.VBox:
+    """Browse the test conditions of a split: predicted against observed delta for a chosen model.
+
+    Pick the split and the model first; the condition list then holds only the conditions that model was scored on
+    in that split (a few dozen instead of every condition of every split), each shown whole as
+    ``context | perturbation``.
 
     Parameters
     ----------
     table
-        :func:`vclib.failures.condition_table` output (for the condition list and the scores).
+        :func:`vclib.failures.condition_table` output (for the condition lists and the scores).
     predictions
-        :func:`vclib.benchmark.load_predictions` output (predicted deltas).
+        :func:`vclib.benchmark.load_predictions` output (predicted deltas). Models without saved predictions (the
+        ceiling) are not offered.
     observed
         Observed deltas (:func:`vclib.pseudobulk.deltas`), rows ``"context|perturbation"``.
     metric
         The score shown in the title.
     model
         The model shown first (default: the first in the table).
+    split
+        The split shown first (default: the first in the table).
 
     Returns
     -------
-    An ``ipywidgets.interactive`` with a model and a condition Dropdown above :func:`vclib.pl.delta_scatter`.
+    An ``ipywidgets.VBox``: split and model Dropdowns, the condition Dropdown, and an Output with
+    :func:`vclib.pl.delta_scatter` of the chosen condition; its ``result`` attribute is the figure shown last.
     """
     rows = table[table["metric"] == metric]
-    models = sorted(rows["model"].unique())
+    predicted = set(predictions.obs["model"].astype(str))
+    models = sorted(m for m in rows["model"].unique() if m in predicted)
     if not models:
-        raise VclibInputError(f"no scores for metric {metric!r} in the table.")
+        raise VclibInputError(f"no model has both scores for metric {metric!r} in the table and saved predictions; "
+                              f"scored: {sorted(rows['model'].unique())}, predicted: {sorted(predicted)}.")
+    splits = sorted(rows["split"].unique())
+    for name, value, allowed in (("model", model, models), ("split", split, splits)):
+        if value is not None and value not in allowed:
+            raise VclibInputError(f"{name} {value!r} is not in the table (with saved predictions); {name}s are: "
+                                  f"{allowed}.")
+    split_box = ipywidgets.Dropdown(options=splits, value=split or splits[0], description="split")
     model_box = ipywidgets.Dropdown(options=models, value=model or models[0], description="model")
-    keys = rows[["split", "fold", "context", "perturbation"]].drop_duplicates()
-    labels = [f"{s} · {f} · {c}|{p}" for s, f, c, p in keys.itertuples(index=False)]
-    condition_box = ipywidgets.Dropdown(options=labels, value=labels[0], description="condition")
+    # as wide as its longest label: names are shown whole, not cut before the perturbation
+    condition_box = ipywidgets.Dropdown(description="condition", layout=ipywidgets.Layout(width="max-content"))
+    out = ipywidgets.Output()
+    browser = ipywidgets.VBox([ipywidgets.HBox([split_box, model_box]), condition_box, out])
+    browser.result = None
+    refilling = []
 
-    def show(model: str, condition: str):
-        split, fold, name = condition.split(" · ")
-        context, perturbation = name.split("|", 1)
+    def show(change=None) -> None:
+        if refilling:
+            return
+        out.outputs = ()  # IPython's clear_output prints escape codes outside Jupyter
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        pred = predicted_delta(predictions, model=model, split=split, fold=fold, context=context,
-                               perturbation=perturbation)
-        if pred is None:
-            ax.set_title(f"{model} has no prediction for {name} in {split} {fold}")
-            return fig
-        score = rows[(rows["model"] == model) & (rows["split"] == split) & (rows["fold"].astype(str) == fold)
-                     & (rows["context"] == context) & (rows["perturbation"] == perturbation)]["value"]
-        title = f"{model} · {name}\n{metric} = {score.iloc[0]:.3f}" if len(score) else f"{model} · {name}"
-        pl.delta_scatter(pred, observed[name].X.ravel(), title=title, genes=list(observed.var_names), ax=ax)
-        return fig
+        chosen, which = model_box.value, split_box.value
+        if condition_box.value is None:
+            ax.set_axis_off()
+            ax.set_title(f"{chosen} was not scored on split {which}")
+        else:
+            fold, context, perturbation = condition_box.value
+            name = f"{context}|{perturbation}"
+            pred = predicted_delta(predictions, model=chosen, split=which, fold=fold, context=context,
+                                   perturbation=perturbation)
+            score = rows[(rows["model"] == chosen) & (rows["split"] == which) & (rows["fold"].astype(str) == fold)
+                         & (rows["context"] == context) & (rows["perturbation"] == perturbation)]["value"]
+            title = f"{chosen} · {name}\n{metric} = {score.iloc[0]:.3f}" if len(score) else f"{chosen} · {name}"
+            if pred is None:
+                ax.set_title(f"{chosen} has no prediction for {name} in {which} {fold}")
+            else:
+                pl.delta_scatter(pred, observed[name].X.ravel(), title=title, genes=list(observed.var_names), ax=ax)
+        with out:
+            display(fig)
+        plt.close(fig)  # shown once, in the Output, not again below the cell
+        browser.result = fig
 
-    return ipywidgets.interactive(show, model=model_box, condition=condition_box)
+    def refill(change=None) -> None:
+        kept = condition_box.value
+        options = _conditions(rows, split_box.value, model_box.value)
+        refilling.append(True)
+        try:
+            condition_box.options = options
+            condition_box.value = kept if kept in [v for _, v in options] else (options[0][1] if options else None)
+        finally:
+            refilling.clear()
+        show()
+
+    refill()
+    split_box.observe(refill, "value")
+    model_box.observe(refill, "value")
+    condition_box.observe(show, "value")
+    return browser
