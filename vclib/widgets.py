@@ -11,7 +11,6 @@ import pandas as pd
 from IPython.display import display
 
 from vclib import pl
-from vclib.failures import predicted_delta
 from vclib.schema import VclibInputError
 
 
@@ -103,8 +102,8 @@ def failure_browser(
     table
         :func:`vclib.failures.condition_table` output (for the condition lists and the scores).
     predictions
-        :func:`vclib.benchmark.load_predictions` output (predicted deltas). Models without saved predictions (the
-        ceiling) are not offered.
+        :func:`vclib.benchmark.load_predictions` output (predicted deltas). Models without saved predictions are not
+        offered.
     observed
         Observed deltas (:func:`vclib.pseudobulk.deltas`), rows ``"context|perturbation"``.
     metric
@@ -117,7 +116,8 @@ def failure_browser(
     Returns
     -------
     An ``ipywidgets.VBox``: split and model Dropdowns, the condition Dropdown, and an Output with
-    :func:`vclib.pl.delta_scatter` of the chosen condition; its ``result`` attribute is the figure shown last.
+    :func:`vclib.pl.prediction_scatter` of the chosen condition; its ``result`` attribute is the figure shown
+    last.
     """
     rows = table[table["metric"] == metric]
     predicted = set(predictions.obs["model"].astype(str))
@@ -150,16 +150,12 @@ def failure_browser(
             ax.set_title(f"{chosen} was not scored on split {which}")
         else:
             fold, context, perturbation = condition_box.value
-            name = f"{context}|{perturbation}"
-            pred = predicted_delta(predictions, model=chosen, split=which, fold=fold, context=context,
-                                   perturbation=perturbation)
             score = rows[(rows["model"] == chosen) & (rows["split"] == which) & (rows["fold"].astype(str) == fold)
                          & (rows["context"] == context) & (rows["perturbation"] == perturbation)]["value"]
-            title = f"{chosen} · {name}\n{metric} = {score.iloc[0]:.3f}" if len(score) else f"{chosen} · {name}"
-            if pred is None:
-                ax.set_title(f"{chosen} has no prediction for {name} in {which} {fold}")
-            else:
-                pl.delta_scatter(pred, observed[name].X.ravel(), title=title, genes=list(observed.var_names), ax=ax)
+            # drawn against what the score compared it with (for the ceiling: the other half of the cells)
+            pl.prediction_scatter(predictions, observed, model=chosen, split=which, fold=fold, context=context,
+                                  perturbation=perturbation, metric=metric,
+                                  score=score.iloc[0] if len(score) else None, ax=ax)
         with out:
             display(fig)
         plt.close(fig)  # shown once, in the Output, not again below the cell
