@@ -217,9 +217,11 @@ def test_worst_conditions_follow_the_metric_direction():
 def test_failure_browser_lists_the_conditions_of_the_chosen_split_and_model():
     perts = [f"p{i}" for i in range(3)]
     predictions = ad.concat([_predictions(np.array([1.0, 2.0, 3.0]), perts, m) for m in ("m", "n")], merge="same")
-    observed = ad.AnnData(np.ones((3, 3), dtype=np.float32), obs=pd.DataFrame(index=[f"c|{p}" for p in perts]))
+    observed = ad.AnnData(np.tile(np.array([3.0, 1.0, 0.5], dtype=np.float32), (3, 1)),
+                          obs=pd.DataFrame(index=[f"c|{p}" for p in perts]))
+    r = np.corrcoef([3.0, 0.0, 0.0], [3.0, 1.0, 0.5])[0, 1]  # p2's prediction against its observation
     table = pd.DataFrame({"model": "m", "split": "s", "fold": "0", "context": "c", "perturbation": perts,
-                          "metric": "pearson_delta", "value": [0.1, 0.2, 0.3]})
+                          "metric": "pearson_delta", "value": [0.1, 0.2, r]})
     long_name = "a_very_long_context_name_of_a_donor"
     other = pd.DataFrame({"model": ["m", "m", "n", "ceiling"], "split": ["t", "t", "s", "s"],
                           "fold": ["1", "2", "0", "0"], "context": [long_name] * 2 + ["c"] * 2,
@@ -232,14 +234,15 @@ def test_failure_browser_lists_the_conditions_of_the_chosen_split_and_model():
     assert model_box.options == ("m", "n")  # the ceiling has no saved predictions to show
     assert condition_box.label == "c | p0" and len(condition_box.options) == 3  # split s, model m only
     condition_box.value = ("0", "c", "p2")  # what a click in the dropdown does: the callback redraws
-    assert "c|p2" in widget.result.axes[0].get_title() and "pearson_delta = 0.300" in widget.result.axes[0].get_title()
+    title = widget.result.axes[0].get_title()
+    assert "c|p2" in title and f"pearson_delta = {r:.2f}" in title  # the score, as the r of the points drawn
     model_box.value = "n"  # n was scored on p1 only: the list follows, the drawing too
     assert [label for label, _ in condition_box.options] == ["c | p1"]
-    assert "n · c|p1" in widget.result.axes[0].get_title()
+    assert widget.result.axes[0].get_title().startswith("n · s\nc|p1")
     model_box.value, split_box.value = "m", "t"  # one condition tested in two folds: whole names, fold added
     assert [label for label, _ in condition_box.options] == [f"{long_name} | GENE_WITH_A_LONG_NAME (fold 1)",
                                                              f"{long_name} | GENE_WITH_A_LONG_NAME (fold 2)"]
-    assert "no prediction" in widget.result.axes[0].get_title()
+    assert "m has no prediction" in widget.result.axes[0].texts[0].get_text()  # the empty panel says why
     model_box.value = "n"  # n was not scored on split t: an empty list and a figure that says so
     assert condition_box.options == () and condition_box.value is None
     assert "n was not scored on split t" in widget.result.axes[0].get_title()
