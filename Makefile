@@ -30,9 +30,9 @@ venv: $(ENV)
 run: $(ENV)
 	$(BIN)/vclib run $(ARGS)
 
-## make test: the whole test suite, notebooks and browser tests included (skipped without chromium), on every core
+## make test: the whole test suite, notebooks included, on every core (the browser tests: make test-browser)
 test: $(ENV)
-	$(BIN)/python -m pytest -n auto --dist worksteal $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not browser" $(ARGS)
 
 ## make test-fast: everything but the notebook runs and the browser
 test-fast: $(ENV)

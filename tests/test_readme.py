@@ -36,7 +36,7 @@ README = ROOT / "README.md"
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```", re.M | re.S)
 # (section, language) -> group; a group runs its blocks in README order in one folder
 GROUPS = {
-    ("Two commands", "bash"): "make",
+    ("Two commands", "bash"): "make",  # and the conda steps, told apart by their first word in _group()
     ("The notebooks, in order", "bash"): "runs",
     ("Failure characterisation", "python"): "runs",  # reads the run `--name quick` of the block above
     ("Bring your own h5ad", "bash"): "own files",
@@ -60,10 +60,15 @@ def readme_blocks(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def _group(section: str, language: str, code: str) -> str | None:
+    group = GROUPS.get((section, language))
+    return "conda" if group == "make" and not code.startswith("make") else group
+
+
 def test_every_block_belongs_to_a_group():
     blocks = readme_blocks(README.read_text())
     assert len(blocks) >= 10
-    unassigned = [(s, lang, code.splitlines()[0]) for s, lang, code in blocks if (s, lang) not in GROUPS]
+    unassigned = [(s, lang, code.splitlines()[0]) for s, lang, code in blocks if _group(s, lang, code) is None]
     assert not unassigned, f"README blocks no test runs (add their section to GROUPS): {unassigned}"
 
 
@@ -156,8 +161,6 @@ def user_folder(_files, tmp_path, monkeypatch):
     """A folder like a user's checkout, its environment, and a mirror on 127.0.0.1; yields the folder."""
     shutil.copytree(_files, tmp_path, dirs_exist_ok=True)
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    for name in ("Makefile", "pyproject.toml"):
-        (tmp_path / name).symlink_to(ROOT / name)
     served = tmp_path / "mirror"
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -178,23 +181,28 @@ def user_folder(_files, tmp_path, monkeypatch):
 MAKE_DRY_RUN = 'make() { command make -n "$@"; }\n'  # see the module docstring
 
 
-def _run_bash(code: str, folder: Path) -> str:
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", MAKE_DRY_RUN + code], cwd=folder, env=os.environ,
-                          capture_output=True, text=True, timeout=1800)
+def _run_bash(code: str, folder: Path, env: dict | None = None) -> str:
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", MAKE_DRY_RUN + code], cwd=folder,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"README block failed (exit {done.returncode}):\n{code}\n{done.stdout[-3000:]}" \
                                  f"\n{done.stderr[-3000:]}"
     return done.stdout
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("group", sorted(set(GROUPS.values())))
+@pytest.mark.parametrize("group", sorted({*GROUPS.values(), "conda"}))
 def test_readme_block_group_runs_as_written(group, user_folder):
     namespace: dict = {}
-    blocks = [(s, lang, code) for s, lang, code in readme_blocks(README.read_text()) if GROUPS.get((s, lang)) == group]
+    blocks = [(s, lang, code) for s, lang, code in readme_blocks(README.read_text()) if _group(s, lang, code) == group]
     assert blocks
+    # the conda steps run with the project's environment as the active one ($CONDA_PREFIX a fresh folder); the
+    # kernel they register there is the one `make venv` registered
+    conda = {"PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+             "CONDA_PREFIX": str(user_folder / "conda-env")}
     for section, language, code in blocks:
         if language == "bash":
-            printed = _run_bash(code, user_folder)
+            printed = _run_bash(code, ROOT if group in ("make", "conda") else user_folder,  # they read the checkout
+                                conda if group == "conda" else None)
             if group == "make":
                 assert "vclib run -p SEED 3" in printed and "pytest" in printed  # what the targets would run
         else:
@@ -219,6 +227,9 @@ def test_readme_block_group_runs_as_written(group, user_folder):
         assert {"linear", "training_mean", "ceiling"} <= set(namespace["summary"]["model"])
         assert (user_folder / "results" / "my_benchmark" / "run_index.csv").exists()
         assert {"my_model", "linear"} <= set(namespace["scores"]["model"])  # the fold protocol's answers, scored
+    if group == "conda":
+        installed = user_folder / "conda-env" / "share" / "jupyter" / "lab" / "settings" / "overrides.d" / "vclib.json"
+        assert installed.read_text() == (ROOT / "jupyter-config" / "lab-settings.json").read_text()
     if group == "evaluate":
         for out in ("scores", "my_model_scores"):
             summary = pd.read_csv(user_folder / out / "summary.csv")
