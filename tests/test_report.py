@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from vclib import report
@@ -45,3 +47,25 @@ def test_an_older_skipped_file_without_kinds_still_reads(tmp_path):
     pd.DataFrame({"notebook": ["02"], "analysis": ["a"], "reason": ["b"]}).to_csv(tmp_path / report.SKIPPED_FILE,
                                                                                   index=False)
     assert report.skipped(tmp_path)["kind"].tolist() == ["skipped"]
+
+
+def test_index_key_figures_fit_the_page_with_readable_headers(tmp_path):
+    best = pd.DataFrame({
+        "split": ["unseen_context", "unseen_context", "combinations"],
+        "metric": ["pearson_delta", "mse_delta", "pearson_delta"], "best_model": ["mlp", "additive", "additive"],
+        "best_mean": [0.423, 0.0878, -0.00001], "n": [226, 226, 27], "best_baseline": ["perturbation_mean"] * 3,
+        "baseline_mean": [0.368, 0.09, 0.1], "ceiling": [0.572, 0.0134, 0.749],
+        "beats_best_baseline": ["yes", "a baseline is best", "a baseline is best"], "difference": [0.05, 0, 0],
+        "ci_low": [0.01, None, None], "ci_high": [0.09, None, None], "calibrated": [0.273, None, None],
+        "calibration_note": ["", "", ""], "note": ["", "", ""], "best_learned": ["mlp"] * 3,
+        "learned_mean": [0.423, 0.108, 0.325], "learned_vs_baseline": ["yes", "no", "no"],
+        "learned_calibrated": [0.273, -0.276, -0.887], "learned_calibration_note": ["", "", ""]})
+    best.to_csv(tmp_path / "benchmark_best.csv", index=False)
+    page = report.write_index(tmp_path, []).read_text()
+    table = page[page.index('class="dataframe figures"'):]
+    table = table[: table.index("</table>")]
+    headers = re.findall(r"<th>(.*?)</th>", table)
+    assert 8 <= len(headers) <= 11 and not any("_" in h for h in headers)  # words, not column names
+    assert "<td>mlp 0.423</td>" in table and "<td>pearson_delta (n = 226)</td>" in table
+    assert table.count("<td>unseen_context</td>") == 1  # the split named once per group
+    assert not re.search(r">-?0\.0+<|-0<", table) and "<td>additive -1.0e-05</td>" in table  # small, not "-0.000"

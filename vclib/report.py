@@ -132,6 +132,45 @@ def figure_table(figures: pd.DataFrame) -> pd.DataFrame:
     return shown.fillna("").rename(columns=HEADERS)
 
 
+def _with_score(name, score) -> str:
+    """``"additive 0.796"``: a model and its score in one cell ('' without a model)."""
+    return "" if name is None or pd.isna(name) or name == "" else f"{name} {_number(score)}".strip()
+
+
+def page_table(figures: pd.DataFrame) -> pd.DataFrame:
+    """The key figures as ``index.html`` shows them: each model beside its score, the split named once per group
+    and n with the metric, so the table fits a page (11 columns, not the 20 of ``benchmark_best.csv``).
+
+    Examples
+    --------
+    >>> f = pd.DataFrame({"split": ["s", "s"], "metric": ["mse_delta", "pearson_delta"], "n": [30, 27],
+    ...                   "best_model": ["additive", "mlp"], "best_mean": [0.0878, 0.5243],
+    ...                   "best_baseline": ["additive", "linear"], "baseline_mean": [0.0878, 0.41]})
+    >>> page_table(f).iloc[:, :4].values.tolist()[1]  # the split is named on its group's first row only
+    ['', 'pearson_delta (n = 27)', 'mlp 0.524', 'linear 0.41']
+    """
+    def get(column: str) -> pd.Series:
+        return figures[column].reset_index(drop=True) if column in figures else pd.Series([None] * len(figures))
+
+    split = get("split").astype(str)
+    out = pd.DataFrame({
+        "Split": split.where(split != split.shift(), ""),
+        "Metric": [m if pd.isna(n) or n == "" else f"{m} (n = {int(float(n))})" for m, n in
+                   zip(get("metric"), get("n"), strict=True)],
+        "Best model": [_with_score(m, v) for m, v in zip(get("best_model"), get("best_mean"), strict=True)],
+        "Best baseline": [_with_score(m, v) for m, v in zip(get("best_baseline"), get("baseline_mean"), strict=True)],
+        "Noise ceiling": get("ceiling").map(_number),
+        "Best model beats the best baseline?": get("beats_best_baseline"),
+        "Calibrated": get("calibrated").map(_number),
+        "Best learned model": [_with_score(m, v) for m, v in zip(get("best_learned"), get("learned_mean"),
+                                                                 strict=True)],
+        "Learned model vs best baseline": get("learned_vs_baseline"),
+        "Learned, calibrated": get("learned_calibrated").map(_number),
+        "Note": get("note"),
+    })
+    return out.fillna("").loc[:, lambda t: (t != "").any() | (t.columns == "Split")]
+
+
 def _title(path: Path) -> str:
     """A notebook's first markdown heading."""
     try:
@@ -169,14 +208,14 @@ def write_index(run_dir: str | Path, notebooks: list[str | Path]) -> Path:
     figures = key_figures(run_dir)
     table = "<p>No benchmark table in this run.</p>"
     if figures is not None and len(figures):
-        table = figure_table(figures).to_html(index=False, border=0, escape=True, classes="figures")
+        table = page_table(figures).to_html(index=False, border=0, escape=True, classes="figures")
     images = "".join(f'<figure><img src="{escape(name)}" alt="{escape(caption)}"><figcaption>{escape(caption)}'
                      "</figcaption></figure>" for name, caption in FIGURES.items() if (run_dir / name).exists())
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vclib run {escape(run_dir.name)}: {escape(str(dataset))}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;font-size:0.9em}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd;
-text-align:left;vertical-align:top}}table.figures{{display:block;overflow-x:auto}}
+text-align:left;vertical-align:top}}table.figures{{font-size:0.8em;width:100%}}
 img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{color:#555;font-size:0.9em}}</style></head><body>
 <h1>vclib run {escape(run_dir.name)}</h1>
 <p>Dataset <b>{escape(str(dataset))}</b>; vclib {escape(str(run.get("vclib_version", "?")))}.</p>
