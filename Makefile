@@ -9,7 +9,7 @@ ARGS ?=
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/vclib.json
 ENV := $(STAMP) $(LAB_SETTINGS)
 
-.PHONY: run test test-fast test-browser lab venv clean-venv benchmarks
+.PHONY: run test test-fast test-browser test-models lab venv clean-venv benchmarks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,11 +32,15 @@ run: $(ENV)
 
 ## make test: the whole test suite, notebooks included, on every core (the browser tests: make test-browser)
 test: $(ENV)
-	$(BIN)/python -m pytest -n auto --dist worksteal -m "not browser" $(ARGS)
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not browser and not slow" $(ARGS)
 
 ## make test-fast: everything but the notebook runs and the browser
 test-fast: $(ENV)
-	$(BIN)/python -m pytest -m "not notebooks and not browser" $(ARGS)
+	$(BIN)/python -m pytest -m "not notebooks and not browser and not slow" $(ARGS)
+
+## make test-models: the published models in their own environments (builds scGen's from PyPI on first use)
+test-models: $(ENV)
+	$(BIN)/python -m pytest -m slow $(ARGS)
 
 ## make test-browser: the notebooks in JupyterLab and a run's report, in Debian's chromium (fails without it)
 test-browser: $(ENV)

@@ -469,8 +469,17 @@ def _score_cell(obs: Observed, model, name, table, split, fold, seed, metrics, e
             frame, predicted = _empty_cell(obs.var_names)
             return frame, predicted, str(err)
         _splits.check_leakage(model.training_conditions_, table, split, fold)
-        prediction = model.predict(test)
+        try:
+            prediction = model.predict(test)
+        except NotApplicable as err:
+            frame, predicted = _empty_cell(obs.var_names)
+            return frame, predicted, str(err)
         note = getattr(model, "note_", "")
+        declined = getattr(model, "declined_", {})  # conditions the model says it cannot predict, with why
+        if declined:
+            test = [c for c in test if c not in declined]
+            note = "; ".join(filter(None, [note, f"{len(declined)} test condition(s) not predicted: "
+                                                  f"{next(iter(declined.values()))}"]))
         frame = evaluate(prediction, obs, conditions=test, metrics=metrics, model=name, epsilon=obs.epsilon,
                          de_options=obs.de_options, **evaluate_options)
         predicted = _predicted_deltas(prediction, obs.pseudobulk, test)

@@ -42,6 +42,20 @@ def _parser() -> argparse.ArgumentParser:
 
     _evaluate_parser(sub)
 
+    external = sub.add_parser(
+        "external",
+        help="run a published model (e.g. scgen) in its own environment on folds written by vc.splits.export",
+        description="Run a published model in an environment of its own, created on first use from the pinned "
+        "requirements in models/NAME/ (scGen: a few minutes, about 2 GB), on a folder written by "
+        "vc.splits.export; the answers land in FOLDS/predictions/, which vc.models.ExternalPredictions(FOLDS) "
+        "scores. Options after FOLDS go to the model's predict.py (scgen: --epochs, --batch-size, --patience, "
+        "--seed).",
+    )
+    external.add_argument("name", help="the model: a folder of models/ (scgen)")
+    external.add_argument("folds", help="a folder written by vc.splits.export")
+    external.add_argument("--rebuild", action="store_true", help="create the model's environment again")
+    external.add_argument("options", nargs=argparse.REMAINDER, help="options of the model's predict.py")
+
     datasets = sub.add_parser(
         "datasets",
         help="list, download and cache public perturbation screens",
@@ -276,4 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         return _datasets(args)
     if args.command == "evaluate":
         return _evaluate(args, argv)
+    if args.command == "external":
+        return _external(args)
     return _run(args)
+
+
+def _external(args: argparse.Namespace) -> int:
+    from vclib import external
+
+    try:
+        folds = external.predict(args.name, args.folds, options=args.options, rebuild=args.rebuild)
+    except VclibInputError as err:
+        print(f"vclib: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.name}'s predictions are in {folds / 'predictions'}/; score them with "
+          f"vc.models.ExternalPredictions({str(folds)!r}).")
+    return 0

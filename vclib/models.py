@@ -206,8 +206,19 @@ class ExternalPredictions(PseudobulkBaseline):
         return h.hexdigest()[:16]
 
     def predict(self, conditions) -> ad.AnnData:
+        """Predicted pseudobulk (or cells) of ``conditions``. Conditions the file declares it does not predict
+        (``uns["not_applicable"] = {"conditions": [...], "reason": ...}``, e.g. scGen on a perturbation no training
+        context measured) are left out and kept in ``declined_`` with the reason; if none is left,
+        :class:`~vclib.schema.NotApplicable` is raised with it."""
         frame = _parse(conditions)
         raw, where = self._load()
+        said = raw.uns.get("not_applicable") or {}
+        declined = {str(c) for c in said.get("conditions", [])} & set(frame.index)
+        self.declined_ = {c: str(said.get("reason", "the model says it does not apply")) for c in declined}
+        frame = frame.loc[[c for c in frame.index if c not in declined]]
+        if frame.empty:
+            raise NotApplicable(f"{where}: no condition of this fold is predicted: "
+                                f"{next(iter(self.declined_.values()))}")
         for key in [self.perturbation_key] + ([self.context_key] if self.context_key else []):
             if key not in raw.obs:
                 raise VclibInputError(f"{where}: obs has no column {key!r}; columns: {list(raw.obs.columns)}.")

@@ -323,6 +323,9 @@ def run(
     given = {k: check_value(k, v, defaults[k]) for k, v in given.items()}
     if "DATASET" in given:
         given["DATASET"] = resolve_dataset(given["DATASET"], cwd=cwd)
+    if given.get("EXTERNAL"):  # prediction folders / templates, relative to the caller's folder like DATASET
+        given["EXTERNAL"] = {name: str(Path(source) if Path(source).is_absolute() else cwd / source)
+                             for name, source in given["EXTERNAL"].items()}
     if resume is not None:
         run_dir = Path(resume) if Path(resume).is_absolute() else cwd / resume
         if not (run_dir / RUN_FILE).exists():

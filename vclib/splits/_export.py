@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from vclib import __version__
-from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, VclibInputError, condition_id
+from vclib.schema import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, NotApplicable, VclibInputError, condition_id
 from vclib.splits._tables import COLUMNS, folds, roles, safe_name
 
 MANIFEST = "manifest.json"
@@ -102,7 +102,7 @@ def export(adata: ad.AnnData, splits: pd.DataFrame, folder: str | Path) -> Path:
         name = f"{safe_name(split)}_{safe_name(fold)}"
         (folder / name).mkdir(parents=True)
         train = is_control | ids.isin(by_role.get("train", [])).to_numpy()
-        cells[train].copy().write_h5ad(folder / name / "train.h5ad")
+        _portable(cells[train]).write_h5ad(folder / name / "train.h5ad")
         rows = splits[(splits["split"] == split) & (splits["fold"] == fold) & (splits["role"] == "test")]
         test = rows[[CONTEXT_KEY, PERTURBATION_KEY, "n_seen_singles"]].reset_index(drop=True)
         test.insert(2, "n_cells", ids.value_counts().reindex([condition_id(c, p) for c, p in zip(
@@ -130,6 +130,18 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
+def _portable(cells: ad.AnnData) -> ad.AnnData:
+    """The cells as a model's older anndata reads them (scGen pins anndata 0.9): ``X``, the counts layer, obs
+    with text as plain strings, var names; no ``uns`` (the manifest carries what matters), which newer anndata
+    writes in encodings older ones cannot read (e.g. ``uns["log1p"]["base"] = None``)."""
+    obs = cells.obs.copy()
+    for column in obs.columns:
+        if not pd.api.types.is_numeric_dtype(obs[column]) or pd.api.types.is_bool_dtype(obs[column]):
+            obs[column] = obs[column].astype(str).astype("category")
+    layers = {"counts": cells.layers["counts"]} if "counts" in cells.layers else {}
+    return ad.AnnData(X=cells.X, obs=obs, var=pd.DataFrame(index=cells.var_names.astype(str)), layers=layers)
+
+
 def prediction_file(folder: str | Path, split: str, fold: str) -> Path:
     """Where the model's answer for one fold of an exported folder is (``predictions/<split>_<fold>.h5ad``)."""
     folder = Path(folder)
@@ -137,5 +149,5 @@ def prediction_file(folder: str | Path, split: str, fold: str) -> Path:
     for entry in manifest["folds"]:
         if entry["split"] == split and str(entry["fold"]) == str(fold):
             return folder / PREDICTIONS / f"{entry['folder']}.h5ad"
-    raise VclibInputError(f"{str(folder)!r} holds no fold {fold!r} of split {split!r}; it was exported with "
-                          f"{sorted({(e['split'], e['fold']) for e in manifest['folds']})}.")
+    raise NotApplicable(f"{str(folder)!r} holds no fold {fold!r} of split {split!r} (it was exported with "
+                        f"{sorted({(e['split'], e['fold']) for e in manifest['folds']})}): the model was not run on it")
