@@ -88,6 +88,16 @@ def bench(_small_sim, tmp_path_factory):
             "worst": F.worst_conditions(table, model="linear", metric="pearson_delta", n=6)}
 
 
+@pytest.fixture(scope="module")
+def cap(_small_sim):
+    """Coverage versus capacity on the small simulated screen (two widths, every seen fraction), and on a screen of
+    one context, where the split cannot apply."""
+    one = vc.loaders.simulate(n_contexts=1, n_perturbations=8, n_combinations=0, n_genes=60, cells_per_condition=10,
+                              control_cells=20, seed=1)
+    return {"summary": vc.capacity.summary(vc.capacity.run(_small_sim, widths=(2, 8), progress=False)),
+            "empty": vc.capacity.summary(vc.capacity.run(one, widths=(2, 8), progress=False))}
+
+
 def _many_perturbations(n=300, contexts=("A", "B", "C")):
     rng = np.random.default_rng(0)
     values = rng.integers(20, 60, size=(n, len(contexts))) * (rng.uniform(size=(n, len(contexts))) < 0.7)
@@ -162,6 +172,8 @@ CASES = {
     "versus_baseline": ("bench", lambda d: vc.pl.versus_baseline(d["versus"], metric="pearson_delta")),
     "versus_baseline/nan_rows": (None, lambda d: vc.pl.versus_baseline(_comparison_with_nan_rows(),
                                                                        metric="pearson_delta")),
+    "coverage_capacity": ("cap", lambda d: vc.pl.coverage_capacity(d["summary"])),
+    "coverage_capacity/one_context": ("cap", lambda d: vc.pl.coverage_capacity(d["empty"])),
     "regime_map": ("bench", lambda d: vc.pl.regime_map(d["regimes"])),
     "error_vs_covariate": ("bench", lambda d: vc.pl.error_vs_covariate(d["table"], metric="mse_delta",
                                                                        covariate="effect_size")),

@@ -45,6 +45,7 @@ GROUPS = {
     ("Scoring predictions", "python"): "python",
     ("Scoring predictions", "bash"): "evaluate",
     ("Running a benchmark", "python"): "python",
+    ("Coverage versus capacity", "python"): "python",
     ("Models in their own environments: the fold protocol", "python"): "python",
     ("Public datasets", "python"): "datasets",
     ("Public datasets", "bash"): "datasets",
@@ -225,6 +226,7 @@ def test_readme_block_group_runs_as_written(group, user_folder):
         assert any({"training_mean", "perturbation_mean"} <= set(m.split(" = ")) for m in identical["models"])
     if group == "python":
         assert {"linear", "training_mean", "ceiling"} <= set(namespace["summary"]["model"])
+        assert set(namespace["capacity"]["width"]) == {2, 16, 128}
         assert (user_folder / "results" / "my_benchmark" / "run_index.csv").exists()
         assert {"my_model", "linear"} <= set(namespace["scores"]["model"])  # the fold protocol's answers, scored
     if group == "conda":

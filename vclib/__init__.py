@@ -2,8 +2,9 @@
 
 ``import vclib as vc`` gives the modules: ``vc.schema`` (the data contract), ``vc.loaders`` (read, simulate,
 public datasets), ``vc.pseudobulk``, ``vc.coverage``, ``vc.metrics``, ``vc.splits``, ``vc.baselines``,
-``vc.models``, ``vc.external`` (published models in their own environments), ``vc.benchmark``, ``vc.failures``,
-``vc.pl`` (plots), ``vc.widgets`` (notebook controls) and ``vc.runner`` (run the notebooks with papermill).
+``vc.models``, ``vc.external`` (published models in their own environments), ``vc.benchmark``, ``vc.capacity``
+(coverage versus capacity), ``vc.failures``, ``vc.pl`` (plots), ``vc.widgets`` (notebook controls) and
+``vc.runner`` (run the notebooks with papermill).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -13,8 +14,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-_SUBMODULES = ("baselines", "benchmark", "coverage", "external", "failures", "loaders", "metrics", "models", "pl",
-               "pseudobulk", "report", "runner", "schema", "splits", "widgets")
+_SUBMODULES = ("baselines", "benchmark", "capacity", "coverage", "external", "failures", "loaders", "metrics", "models",
+               "pl", "pseudobulk", "report", "runner", "schema", "splits", "widgets")
 __all__ = [*_SUBMODULES, "__version__"]
 
 

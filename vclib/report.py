@@ -20,6 +20,8 @@ KEY_METRICS = ("pearson_delta", "discrimination_score_l1", "mse_delta", "r2_mean
 FIGURES = {  # file written by a notebook: caption
     "benchmark_leaderboard.png": "Leaderboards: mean score with 95% CI per model and split; dashed, the noise ceiling",
     "transfer_pairs.png": "Transfer of responses between pairs of contexts, against mismatched perturbations",
+    "coverage_capacity.png": "Coverage versus capacity: error per MLP size, one line per seen fraction of the held-out "
+                             "context, with 95% CIs",
     "failures_regimes.png": "Where the model beats the baseline (paired differences per stratum)",
 }
 HEADERS = {"split": "Split", "metric": "Metric", "best_model": "Best model", "best_mean": "Its score", "n": "n",

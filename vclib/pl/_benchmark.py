@@ -129,3 +129,41 @@ def _no_pairs(missing: pd.DataFrame) -> str:
     by_model = missing.groupby("model", sort=True)["split"].agg(lambda s: ", ".join(sorted(map(str, s))))
     return textwrap.fill("no paired score (not scored, or undefined for the model): " + "; ".join(
         f"{m} ({splits})" if splits else m for m, splits in by_model.items()), width=80)
+
+
+def coverage_capacity(summary: pd.DataFrame, *, ax: plt.Axes | None = None) -> plt.Axes:
+    """Error against model size, one line per coverage of the target context, with 95% CIs (output of
+    :func:`vclib.capacity.summary`): the figure the "context, not scale" thesis turns on. Flat lines that fall
+    from one coverage to the next say coverage helps and capacity does not.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> s = pd.DataFrame({"coverage": [0.0, 0.0, 0.5, 0.5], "width": [4, 256] * 2, "metric": "mse_delta",
+    ...                   "parameters": [350, 85000] * 2, "mean": [1.0, 0.9, 0.5, 0.5],
+    ...                   "ci_low": [0.9, 0.8, 0.4, 0.4], "ci_high": [1.1, 1.0, 0.6, 0.6], "n": 20})
+    >>> [t.get_text() for t in coverage_capacity(s).get_legend().get_texts()]
+    ['f = 0', 'f = 0.5']
+    """
+    if summary.empty:
+        return empty(_axes(ax, (6, 2)), "coverage × capacity scores",
+                     why_empty(summary, "the few-shot-context split does not apply to these data"))
+    metric = summary["metric"].iloc[0]
+    ax = _axes(ax, (6.5, 4.2))
+    for k, (coverage, rows) in enumerate(summary.sort_values("parameters").groupby("coverage", sort=True)):
+        colour = plt.get_cmap("viridis")(0.85 * k / max(summary["coverage"].nunique() - 1, 1))  # no pale yellow
+        ax.plot(rows["parameters"], rows["mean"], "o-", color=colour, label=f"f = {number(coverage)}")
+        ax.fill_between(rows["parameters"], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    sizes = summary.drop_duplicates("parameters").sort_values("parameters")
+    ax.set_xticks(sizes["parameters"], [f"{int(p):,}\n(width {w})" for p, w in zip(sizes["parameters"],
+                                                                                   sizes["width"], strict=True)])
+    ax.minorticks_off()
+    better = "higher" if _higher_is_better(metric) else "lower"
+    ax.set_xlabel("MLP parameters (log scale)")
+    ax.set_ylabel(f"{metric} ({better} is better)")
+    n = int(summary["n"].max()) if "n" in summary else None
+    ax.set_title("Coverage of the target context versus model capacity" + (f" (n = {n} conditions)" if n else ""),
+                 fontsize="medium")
+    legend_outside(ax, title="seen fraction of\nthe target context", title_fontsize="small")
+    return ax
