@@ -85,6 +85,38 @@ def test_pseudobulk_and_halves_equal_in_memory(sim, chunks, dense):
         np.testing.assert_allclose(half_lazy.X, half.X, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("chunks", CHUNKINGS)
+@pytest.mark.parametrize("dense", [False, True])
+def test_rank_genes_equals_in_memory(sim, chunks, dense):
+    """Each gene block is ranked by the in-memory code on every cell's values of those genes: identical numbers,
+    whatever the cell chunks and gene blocks (1 is raised to 2: see _dask_rank)."""
+    counts = _counts(sim, dense=dense)
+    expected = vc.metrics.rank_genes(vc.loaders.read(counts))
+    lazy = vc.loaders.read(counts, chunks=chunks or counts.n_obs)
+    for gene_block in (None, 1, 17):
+        de = vc.metrics.rank_genes(lazy, gene_block=gene_block)
+        assert de.conditions.equals(expected.conditions) and de.genes.equals(expected.genes)
+        for name in ("lfc", "pvalue", "fdr"):
+            np.testing.assert_allclose(getattr(de, name), getattr(expected, name), rtol=0, atol=1e-10)
+
+
+def test_rank_genes_of_dask_input_against_scipy(sim):
+    from scipy.stats import mannwhitneyu
+
+    lazy = vc.loaders.read(_counts(sim), chunks=64)
+    de = vc.metrics.rank_genes(lazy, gene_block=9)
+    X = _dense(lazy.X).astype(np.float64)  # scipy computes float32 input in float32
+    obs = lazy.obs
+    for i in (0, 7, len(de.conditions) - 1):
+        ctx, pert = de.conditions.iloc[i][["context", "perturbation"]]
+        in_ctx = (obs["context"] == ctx).to_numpy()
+        cells, ctrl = X[in_ctx & (obs["perturbation"] == pert).to_numpy()], X[in_ctx & (obs["perturbation"] ==
+                                                                                          "control").to_numpy()]
+        for g in (0, 50, 119):
+            expected = mannwhitneyu(cells[:, g], ctrl[:, g], method="asymptotic", use_continuity=True).pvalue
+            assert de.pvalue[i, g] == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
 def test_group_means_of_raw_counts_chunk_by_chunk(sim):
     """values='counts' normalises each chunk first (as the backed path does): the same means as log1p input."""
     codes = sim.obs["perturbation"].cat.codes.to_numpy().astype(np.int64)
@@ -129,9 +161,12 @@ def test_on_a_local_cluster_of_two_processes(sim, tmp_path):
     counts = _counts(sim)
     counts.write_h5ad(tmp_path / "a.h5ad")
     expected = vc.loaders.read(counts)
-    pb = vc.pseudobulk.pseudobulk(expected)
+    pb, de = vc.pseudobulk.pseudobulk(expected), vc.metrics.rank_genes(expected)
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
-    with cluster, distributed.Client(cluster):
+    with cluster, distributed.Client(cluster) as client:
         lazy = vc.loaders.read(tmp_path / "a.h5ad", chunks=100)
-        pb_lazy = vc.pseudobulk.pseudobulk(lazy)
+        pb_lazy, de_lazy = vc.pseudobulk.pseudobulk(lazy), vc.metrics.rank_genes(lazy, gene_block=40)
+        assert len(client.scheduler_info()["workers"]) == 2
     np.testing.assert_allclose(pb_lazy.X, pb.X, rtol=0, atol=1e-10)
+    for name in ("lfc", "pvalue", "fdr"):
+        np.testing.assert_allclose(getattr(de_lazy, name), getattr(de, name), rtol=0, atol=1e-10)
