@@ -117,6 +117,34 @@ def test_rank_genes_of_dask_input_against_scipy(sim):
             assert de.pvalue[i, g] == pytest.approx(expected, rel=1e-9, abs=1e-300)
 
 
+def test_prepared_observation_on_dask_input_scores_as_in_memory(sim):
+    """prepare/Observed take a dask-backed AnnData: the noise ceiling (halves, their pseudobulks and DE) and evaluate
+    give the in-memory tables."""
+    counts = _counts(sim)
+    memory, lazy = vc.metrics.prepare(vc.loaders.read(counts)), vc.metrics.prepare(vc.loaders.read(counts, chunks=64))
+    assert lazy.fingerprint == vc.metrics.prepare(vc.loaders.read(counts, chunks=64)).fingerprint
+    pb = memory.pseudobulk
+    pred = vc.baselines.TrainingMean().fit(pb).predict(pb.obs_names[~pb.obs["is_control"].to_numpy()])
+    for expected, got in [(vc.metrics.ceiling(memory, seed=1), vc.metrics.ceiling(lazy, seed=1)),
+                          (vc.metrics.evaluate(pred, memory), vc.metrics.evaluate(pred, lazy))]:
+        keys = [c for c in expected.columns if c != "value"]
+        both = expected.merge(got, on=keys, suffixes=("", "_dask"), validate="one_to_one")
+        assert len(both) == len(expected) == len(got)
+        np.testing.assert_allclose(both["value_dask"], both["value"], rtol=0, atol=1e-10)
+
+
+def test_prepare_refuses_nan_in_dask_input_naming_the_condition(sim):
+    X = sim.X.toarray()
+    X[5, 3] = np.inf
+    bad = ad.AnnData(X=X, obs=sim.obs[["perturbation", "context"]].copy(), var=sim.var.copy(),
+                     uns={"vclib": {"values": "log1p"}})
+    lazy = ad.AnnData(X=da.from_array(X, chunks=(100, -1)), obs=bad.obs, var=bad.var, uns=bad.uns)
+    condition = f"{sim.obs['context'].iloc[5]}|{sim.obs['perturbation'].iloc[5]}"
+    for data in (bad, lazy):
+        with pytest.raises(VclibInputError, match=rf"NaN or inf in 1 condition\(s\): '{condition}'"):
+            vc.metrics.prepare(data)
+
+
 def test_group_means_of_raw_counts_chunk_by_chunk(sim):
     """values='counts' normalises each chunk first (as the backed path does): the same means as log1p input."""
     codes = sim.obs["perturbation"].cat.codes.to_numpy().astype(np.int64)

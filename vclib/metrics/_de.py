@@ -379,8 +379,12 @@ def _dask_rank(X, plan: list[tuple], *, gene_block: int | None, **options) -> tu
     import dask
 
     n_cells, n_genes = X.shape
-    if gene_block is None:  # every cell × gene_block values in memory per task: ~256 MB if stored densely
-        gene_block = 2**28 // (max(n_cells, 1) * X.dtype.itemsize)
+    if gene_block is None:  # every cell's values of gene_block genes: ~256 MB per task (density from one chunk)
+        per_value = X.dtype.itemsize
+        if sparse.issparse(X._meta):
+            first = X.blocks[0].compute()
+            per_value = (X.dtype.itemsize + 8) * first.nnz / max(first.shape[0] * first.shape[1], 1)
+        gene_block = min(int(2**28 // max(n_cells * per_value, 1)), -(-n_genes // 8))  # >= 8 tasks to share
     gene_block = int(np.clip(gene_block, 2, max(n_genes, 2)))
     sizes = [gene_block] * (n_genes // gene_block) + ([n_genes % gene_block] if n_genes % gene_block else [])
     if len(sizes) > 1 and sizes[-1] == 1:  # numpy sums a dense one-column block pairwise, not row after row as it
@@ -419,7 +423,7 @@ def rank_genes(
     gene_block
         For a dask ``X`` (:func:`vclib.loaders.read` with ``chunks=``): genes per task. Each task gathers every
         cell's values of its genes and ranks them with the in-memory code, so the statistics are identical to the
-        in-memory ones. ``None``: as many genes as fill ~256 MB stored densely (at least 2).
+        in-memory ones. ``None``: as many genes as fill ~256 MB per task (at least 2; at least 8 tasks).
 
     Returns
     -------
