@@ -178,7 +178,8 @@ def pseudobulk(
     Parameters
     ----------
     adata
-        Cells in the data contract (see :func:`vclib.loaders.read`); may be opened in backed mode.
+        Cells in the data contract (see :func:`vclib.loaders.read`); may be opened in backed mode, or read lazily
+        with ``chunks=`` (a dask ``X``, summed chunk by chunk on the active dask scheduler).
     perturbation_key, context_key, control
         Column names and control label (the contract's defaults).
     chunk_size
@@ -265,7 +266,7 @@ def split_halves(
     Parameters
     ----------
     adata
-        Cells in the data contract; may be opened in backed mode.
+        Cells in the data contract; may be opened in backed mode or read lazily with ``chunks=``.
     perturbation_key, context_key, control
         Column names and control label.
     seed

@@ -440,7 +440,8 @@ def rank_genes(
     if adata.isbacked:
         raise VclibInputError("rank_genes ranks every cell of every gene, so it needs the cells in memory; this "
                               f"AnnData is backed by {adata.filename}. Read it with vc.loaders.read(path) (without "
-                              "backed=True), or subset it first (adata[rows].to_memory()).")
+                              "backed=True), read it lazily with vc.loaders.read(path, chunks=20_000) (dask: "
+                              "pip install vclib[dask]), or subset it first (adata[rows].to_memory()).")
     values = check_cells(adata, perturbation_key=perturbation_key, context_key=context_key, what="rank_genes")
     if values != LOG1P:
         raise VclibInputError(f"rank_genes ranks log1p-normalised expression; uns['vclib'] says X holds {values}. "

@@ -45,7 +45,8 @@ def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | Non
     if adata.isbacked:
         raise VclibInputError(
             f"{side} data is opened in backed mode ({adata.filename}); scoring needs it in memory (metrics rank "
-            "every gene of every cell). Load it with vc.loaders.read(path) without backed=True, or subset it first "
+            "every gene of every cell). Load it with vc.loaders.read(path) without backed=True, read it lazily with "
+            "vc.loaders.read(path, chunks=20_000) (dask: pip install vclib[dask]), or subset it first "
             "(adata[rows].to_memory())."
         )
     keys = [perturbation_key] + ([context_key] if context_key else [])
@@ -60,13 +61,15 @@ def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | Non
                       uns={"vclib": dict(adata.uns.get("vclib", {}))})
 
 
-def _value_summary(block) -> np.ndarray:
+def _value_summary(block, *, whole: bool = False) -> np.ndarray:
     """1 × 3 for a row block: its number of NaN/inf values, its largest finite value (-inf if none), and whether
-    every value is an integer."""
+    every finite value is an integer (for the ``whole`` matrix only asked when the largest exceeds 20)."""
     data = block.data if sparse.issparse(block) else np.asarray(block)
     finite = np.isfinite(data)
-    top = data[finite].max() if finite.any() else -np.inf
-    return np.array([[(~finite).sum(), top, np.allclose(data[finite], np.round(data[finite]))]], dtype=np.float64)
+    values = data if finite.all() else data[finite]
+    top = values.max(initial=-np.inf)
+    integers = (whole and top <= 20) or np.allclose(values, np.round(values))
+    return np.array([[values.size < data.size and (~finite).sum(), top, integers]], dtype=np.float64)
 
 
 def _nonfinite_row_flags(block) -> np.ndarray:
@@ -97,7 +100,7 @@ def check_values(adata: ad.AnnData, side: str) -> None:
                                                  meta=np.empty((0, 0))).compute()
         n_bad, top, integers = int(summary[:, 0].sum()), summary[:, 1].max(), bool(summary[:, 2].all())
     else:
-        n_bad, top, integers = _value_summary(X)[0]
+        n_bad, top, integers = _value_summary(X, whole=True)[0]
     if n_bad:
         rows = _nonfinite_rows(X)
         names = sorted({condition_id(c, p) for c, p in adata.obs.iloc[rows][[CONTEXT_KEY, PERTURBATION_KEY]]
