@@ -41,6 +41,7 @@ GROUPS = {
     ("Failure characterisation", "python"): "runs",  # reads the run `--name quick` of the block above
     ("Bring your own h5ad", "bash"): "own files",
     ("Bring your own h5ad", "python"): "python",
+    ("Past one machine (Dask)", "python"): "python",
     ("Context coverage", "python"): "python",
     ("Scoring predictions", "python"): "python",
     ("Scoring predictions", "bash"): "evaluate",

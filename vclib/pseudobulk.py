@@ -6,6 +6,11 @@ log1p-normalised expression; its *delta* is that minus the same context's contro
 Means are computed as a sparse indicator matrix (conditions × cells) times ``X``, so sparse input is never
 densified, and files opened in backed mode are read in row chunks (raw counts are normalised chunk by chunk,
 which is exact because library-size normalisation acts on each cell alone).
+
+A dask ``X`` (:func:`vclib.loaders.read` with ``chunks=``) is summed chunk by chunk under whatever dask scheduler is
+active: each task sums its chunk's rows into the groups present in that chunk (groups present × genes, so a chunk
+of cells sorted by condition never makes a conditions × genes array), and the partial sums are added in a tree,
+a few at a time. The result equals the in-memory one up to the order of floating-point additions (~1e-16).
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from vclib.schema import (
     check_cells,
     check_columns,
     condition_id,
+    is_dask,
     normalise,
 )
 
 CHUNK_SIZE = 10_000
+SPLIT_EVERY = 8  # partial sums added per task in the dask path's tree of sums
 
 
 def _log1p_block(block, values: str):
@@ -62,7 +69,8 @@ def group_means(X, codes: np.ndarray, n_groups: int, *, values: str = LOG1P,
     Parameters
     ----------
     X
-        Cells × genes, dense, sparse or backed. Read in row chunks of ``chunk_size``.
+        Cells × genes, dense, sparse, backed (read in row chunks of ``chunk_size``) or a dask array (summed chunk
+        by chunk with the active dask scheduler).
     codes
         Group index of each row, ``-1`` for rows in no group.
     n_groups
@@ -74,8 +82,27 @@ def group_means(X, codes: np.ndarray, n_groups: int, *, values: str = LOG1P,
     -------
     ``(means, sizes)``: a dense ``n_groups × genes`` float64 array (NaN for empty groups) and the row counts.
     """
-    sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
     sizes = np.bincount(codes[codes >= 0], minlength=n_groups)
+    sums = _dask_group_sums(X, codes, n_groups, values) if is_dask(X) else _group_sums(X, codes, n_groups, values,
+                                                                                         chunk_size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / sizes[:, None]
+    return means, sizes
+
+
+def _add_rows(block, codes: np.ndarray, sums: np.ndarray) -> None:
+    """``sums[codes[r]] += row r`` of a dense or sparse block (codes -1: no group)."""
+    if sparse.issparse(block):
+        block = sparse.csr_matrix(block)
+        _add_group_sums(block.indptr, block.indices, block.data, codes, sums)
+        return
+    keep = np.flatnonzero(codes >= 0)
+    indicator = sparse.csr_matrix((np.ones(keep.size), (codes[keep], keep)), shape=(sums.shape[0], codes.size))
+    sums += indicator @ np.asarray(block)
+
+
+def _group_sums(X, codes: np.ndarray, n_groups: int, values: str, chunk_size: int) -> np.ndarray:
+    sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
     # log1p in memory: one pass over X itself, no row-block copies; backed files and counts go by row blocks
     whole = values == LOG1P and (isinstance(X, np.ndarray) or sparse.issparse(X))
     step = max(X.shape[0], 1) if whole else chunk_size
@@ -85,18 +112,46 @@ def group_means(X, codes: np.ndarray, n_groups: int, *, values: str = LOG1P,
         keep = np.flatnonzero(c >= 0)
         if keep.size == 0:
             continue
-        block = X if whole else _log1p_block(X[start:stop], values)
-        if sparse.issparse(block):
-            block = sparse.csr_matrix(block)
-            _add_group_sums(block.indptr, block.indices, block.data, c, sums)
-            continue
-        indicator = sparse.csr_matrix(
-            (np.ones(keep.size), (c[keep], keep)), shape=(n_groups, stop - start)
-        )
-        sums += indicator @ np.asarray(block)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / sizes[:, None]
-    return means, sizes
+        _add_rows(X if whole else _log1p_block(X[start:stop], values), c, sums)
+    return sums
+
+
+def _chunk_sums(block, codes: np.ndarray, values: str) -> tuple[np.ndarray, np.ndarray]:
+    """The groups present in a chunk and their sums (groups present × genes)."""
+    present = codes >= 0
+    groups, local = np.unique(codes[present], return_inverse=True)
+    local_codes = np.full(codes.size, -1)
+    local_codes[present] = local
+    sums = np.zeros((groups.size, block.shape[1]))
+    if groups.size:
+        _add_rows(_log1p_block(block, values), local_codes, sums)
+    return groups, sums
+
+
+def _add_partial_sums(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Partial sums ``(groups, sums)`` of several chunks added into one."""
+    groups = np.unique(np.concatenate([g for g, _ in parts]))
+    sums = np.zeros((groups.size, parts[0][1].shape[1]))
+    for g, s in parts:
+        sums[np.searchsorted(groups, g)] += s
+    return groups, sums
+
+
+def _dask_group_sums(X, codes: np.ndarray, n_groups: int, values: str) -> np.ndarray:
+    """Group sums of a dask array: one task per row chunk, then a tree of sums (see the module docstring)."""
+    import dask
+
+    X = X.rechunk({1: -1})
+    bounds = np.cumsum((0, *X.chunks[0]))
+    parts = [dask.delayed(_chunk_sums)(block, codes[a:b], values)
+             for block, a, b in zip(X.to_delayed()[:, 0], bounds[:-1], bounds[1:], strict=True)]
+    while len(parts) > 1:
+        parts = [dask.delayed(_add_partial_sums)(*parts[i : i + SPLIT_EVERY])
+                 for i in range(0, len(parts), SPLIT_EVERY)]
+    groups, partial = dask.compute(parts[0])[0]
+    sums = np.zeros((n_groups, X.shape[1]))
+    sums[groups] = partial
+    return sums
 
 
 def _conditions(obs: pd.DataFrame, perturbation_key: str, context_key: str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -123,7 +178,8 @@ def pseudobulk(
     Parameters
     ----------
     adata
-        Cells in the data contract (see :func:`vclib.loaders.read`); may be opened in backed mode.
+        Cells in the data contract (see :func:`vclib.loaders.read`); may be opened in backed mode, or read lazily
+        with ``chunks=`` (a dask ``X``, summed chunk by chunk on the active dask scheduler).
     perturbation_key, context_key, control
         Column names and control label (the contract's defaults).
     chunk_size
@@ -210,7 +266,7 @@ def split_halves(
     Parameters
     ----------
     adata
-        Cells in the data contract; may be opened in backed mode.
+        Cells in the data contract; may be opened in backed mode or read lazily with ``chunks=``.
     perturbation_key, context_key, control
         Column names and control label.
     seed

@@ -18,6 +18,7 @@ offending values and the fix. :func:`detect_values` tells what ``X`` holds.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import anndata as ad
@@ -120,6 +121,20 @@ def canonical_label(label: str, *, control: str, sep: str | None = COMBINATION_S
     return COMBINATION_SEP.join(parts)
 
 
+def is_dask(X) -> bool:
+    """Whether ``X`` is a dask array (lazy, chunked: :func:`vclib.loaders.read` with ``chunks=``). Asked without
+    importing dask, which is optional: a dask array can only exist once ``dask.array`` has been imported.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> is_dask(np.zeros((2, 2)))
+    False
+    """
+    dask_array = sys.modules.get("dask.array")
+    return dask_array is not None and isinstance(X, dask_array.Array)
+
+
 def _sample_rows(X, n: int, seed: int = 0) -> np.ndarray:
     rows = X.shape[0]
     if rows <= n:
@@ -130,6 +145,8 @@ def _sample_rows(X, n: int, seed: int = 0) -> np.ndarray:
 def _nonzero_rows(X, rows: np.ndarray) -> list[np.ndarray]:
     """The non-zero values of some rows of a dense or sparse matrix, one array per row."""
     block = X[rows]
+    if is_dask(block):  # a lazy matrix: read the sampled rows only
+        block = block.compute()
     if sparse.issparse(block):
         block = sparse.csr_matrix(block)
         return [block.data[block.indptr[i] : block.indptr[i + 1]] for i in range(block.shape[0])]
@@ -301,9 +318,28 @@ def _iter_row_blocks(X, chunk_size: int = 20_000):
         yield start, X[start : start + chunk_size]
 
 
+def _has_problem(block, allow_nan: bool) -> np.ndarray:
+    """1 × 1: whether a row block holds values :func:`check_finite` refuses."""
+    data = block.data if sparse.issparse(block) else np.asarray(block)
+    bad = np.isinf(data) if allow_nan else ~np.isfinite(data) | (data < 0)
+    return np.array([[bad.any()]])
+
+
+def _first_problem_block(X, allow_nan: bool):
+    """The first row block of a dask array holding values :func:`check_finite` refuses, as ``(start, block)`` in
+    memory; one parallel pass (whatever dask scheduler is active) finds it, then only that block is read again."""
+    X = X.rechunk({1: -1})
+    flags = X.map_blocks(_has_problem, allow_nan, chunks=(1, 1), dtype=bool, meta=np.empty((0, 0), bool))
+    starts = np.cumsum((0, *X.chunks[0]))
+    for i in np.flatnonzero(flags.compute().ravel())[:1]:
+        yield int(starts[i]), X.blocks[i].compute()
+
+
 def check_finite(X, *, allow_nan: bool = False, obs_names: pd.Index | None = None) -> None:
-    """Raise if ``X`` holds NaN, inf or negative values (chunk by chunk, so backed files work)."""
-    for start, block in _iter_row_blocks(X):
+    """Raise if ``X`` holds NaN, inf or negative values (chunk by chunk, so backed files work; a dask array in one
+    parallel pass over its chunks)."""
+    blocks = _first_problem_block(X, allow_nan) if is_dask(X) else _iter_row_blocks(X)
+    for start, block in blocks:
         data = block.data if sparse.issparse(block) else np.asarray(block)
         bad = ~np.isfinite(data) if not allow_nan else np.isinf(data)
         if bad.any():

@@ -18,6 +18,7 @@ from vclib.schema import (
     PERTURBATION_KEY,
     SIGNATURE,
     VclibInputError,
+    is_dask,
 )
 
 VALUES = ("auto", COUNTS, LOG1P, "log2p", SIGNATURE)
@@ -66,6 +67,63 @@ def _open(data: str | Path | ad.AnnData, *, backed: bool) -> tuple[ad.AnnData, s
         ) from err
 
 
+def _open_lazy(data: str | Path | ad.AnnData, *, chunks: int) -> tuple[ad.AnnData, str]:
+    """An AnnData whose X and layers are dask arrays of ``chunks`` rows (all genes per chunk), obs and var in
+    memory. A file is opened with anndata's own lazy reader (:func:`anndata.experimental.read_elem_lazy`): each
+    chunk is read from the file by the task that needs it, on whatever worker runs it (h5ad files are reopened per
+    task, so the graph travels to a ``distributed`` cluster). An AnnData in memory is wrapped chunk-wise."""
+    import dask.array as da
+    from anndata.experimental import read_elem_lazy
+
+    if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
+        raise VclibInputError(f"chunks={chunks!r}: pass the number of cells per chunk, a positive integer (e.g. "
+                              "chunks=20_000; all genes of a cell stay in one chunk).")
+    if isinstance(data, ad.AnnData):
+        if data.isbacked:
+            raise VclibInputError("chunks= reads lazily from a file: pass the path of this backed AnnData's file "
+                                  f"({data.filename}) instead of the object.")
+
+        def lazy(m):
+            return m.rechunk((chunks, -1)) if is_dask(m) else da.from_array(m, chunks=(chunks, -1), asarray=False)
+
+        return ad.AnnData(X=lazy(data.X), obs=data.obs, var=data.var, uns=data.uns,
+                          layers={k: lazy(v) for k, v in data.layers.items()}), "AnnData (chunked)"
+    path = Path(data)
+    if not path.exists():
+        raise VclibInputError(f"file {str(path)!r} does not exist.")
+    if path.suffix not in (".h5ad", ".zarr"):
+        raise VclibInputError(f"cannot read {str(path)!r} lazily: chunks= reads AnnData .h5ad files and .zarr stores.")
+    try:
+        if path.suffix == ".zarr":
+            import zarr
+
+            store = zarr.open_group(path, mode="r")
+        else:
+            import h5py
+
+            store = h5py.File(path, "r")
+        parts = {k: ad.io.read_elem(store[k]) for k in ("obs", "var", "uns") if k in store}
+        layers = store["layers"] if "layers" in store else {}
+        out = ad.AnnData(X=read_elem_lazy(store["X"], chunks=(chunks, -1)), **parts,
+                         layers={k: read_elem_lazy(layers[k], chunks=(chunks, -1)) for k in layers})
+    except Exception as err:  # h5py/zarr/anndata raise many types for corrupt stores
+        raise VclibInputError(
+            f"cannot read {str(path)!r} lazily ({type(err).__name__}: {err}). Is the store complete and written "
+            "by anndata (write_h5ad / write_zarr)?"
+        ) from err
+    if path.suffix == ".h5ad":
+        store.close()  # anndata's lazy chunks reopen the file in each task
+    return out, str(path)
+
+
+def _normalised_block(block):
+    """Raw counts of a row block as the contract's log1p values, in float32 as the in-memory read computes them.
+    Exact chunk by chunk: library-size normalisation and log1p act on each cell alone."""
+    tmp = ad.AnnData(block.astype(np.float32))
+    schema.normalise(tmp)
+    return sparse.csr_matrix(tmp.X) if sparse.issparse(tmp.X) else tmp.X
+
+
 def _check_values(matrix, values: str) -> str:
     """What the matrix holds: detected for ``values="auto"``; a stated value is checked against the detection,
     so log1p data read as counts (or counts as log1p) is refused instead of transformed twice (or never)."""
@@ -91,6 +149,7 @@ def read(
     layer: str | None = None,
     values: str = "auto",
     backed: bool = False,
+    chunks: int | None = None,
 ) -> ad.AnnData:
     """Read an h5ad file or AnnData into the vclib data contract, validated.
 
@@ -124,6 +183,14 @@ def read(
     backed
         Open the file in backed mode (``X`` stays on disk; for files larger than memory). Raw counts are then
         normalised chunk by chunk by :mod:`vclib.pseudobulk`.
+    chunks
+        Read lazily with dask (``pip install vclib[dask]``): ``X`` becomes a dask array of ``chunks`` cells per
+        chunk (all genes), read from an ``.h5ad`` file or ``.zarr`` store by the task that needs it, under whatever
+        dask scheduler is active (a ``distributed.Client`` when one exists). obs and var are read into memory.
+        Checks run chunk-wise in parallel (finite, non-negative, one pass) and on a sample (what ``X`` holds). Raw
+        counts stay lazy in ``layers["counts"]`` and ``X`` is their normalisation, applied per chunk when a chunk
+        is computed (exact: it acts on each cell alone). :mod:`vclib.pseudobulk` and
+        :func:`vclib.metrics.rank_genes` compute on it without loading the matrix.
 
     Returns
     -------
@@ -141,7 +208,9 @@ def read(
     """
     if values not in VALUES:
         raise VclibInputError(f"values={values!r} is not one of {', '.join(map(repr, VALUES))}.")
-    source, where = _open(data, backed=backed)
+    if chunks is not None and backed:
+        raise VclibInputError("pass backed=True (h5py, one process) or chunks= (dask, lazy), not both.")
+    source, where = _open(data, backed=backed) if chunks is None else _open_lazy(data, chunks=chunks)
     keys = [perturbation_key] + ([context_key] if context_key is not None else [])
     try:
         schema.check_columns(source.obs, keys)
@@ -165,7 +234,7 @@ def read(
     matrix = source.layers[layer] if layer is not None else source.X
     half = getattr(matrix, "dtype", None) == np.float16
     if half:  # scipy.sparse and scanpy do not compute in float16; float32 holds every float16 value exactly
-        if backed:
+        if backed:  # (dask casts lazily, chunk by chunk)
             raise VclibInputError("X is float16, which backed mode cannot read chunk by chunk; pass backed=False.")
         matrix = matrix.astype(np.float32)
     found = SIGNATURE if values == SIGNATURE else _check_values(matrix, values)
@@ -198,6 +267,8 @@ def read(
         source.obs = obs
         source.uns["vclib"] = {**info, "values": found}
         return source
+    if chunks is not None:
+        return _lazy_contract(source, matrix, obs, found=found, info=info)
 
     out = ad.AnnData(
         X=matrix.copy(), obs=obs, var=source.var.copy(), uns={**source.uns}, obsm=dict(source.obsm),
@@ -213,4 +284,22 @@ def read(
         out.X = sparse.csr_matrix(out.X)
     out.uns["vclib"] = info
     schema.validate(out)
+    return out
+
+
+def _lazy_contract(source: ad.AnnData, matrix, obs, *, found: str, info: dict) -> ad.AnnData:
+    """The contract's AnnData around a dask matrix: the same values as the in-memory read, computed chunk by
+    chunk when asked for (nothing is read here but a sample)."""
+    out = ad.AnnData(X=matrix, obs=obs, var=source.var.copy(), uns={**source.uns}, layers=dict(source.layers))
+    if found == COUNTS:
+        out.layers[COUNTS] = matrix
+        meta = sparse.csr_matrix((0, 0), dtype=np.float32) if sparse.issparse(matrix._meta) else \
+            np.empty((0, 0), np.float32)
+        out.X = matrix.map_blocks(_normalised_block, dtype=np.float32, meta=meta)
+    elif found == "log2p":
+        out.X = matrix * np.log(2)
+    out.uns["vclib"] = info
+    if found != SIGNATURE and schema.detect_values(out.X) != LOG1P:  # validate()'s last check, on a sample
+        raise VclibInputError(f"X should hold log1p values after reading {found}, but a sample does not look like "
+                              "log1p; please report this with the file.")
     return out

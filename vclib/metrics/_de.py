@@ -25,7 +25,16 @@ import pandas as pd
 from scipy import sparse
 
 from vclib.pseudobulk import group_means
-from vclib.schema import CONTEXT_KEY, CONTROL, LOG1P, PERTURBATION_KEY, VclibInputError, check_cells, condition_id
+from vclib.schema import (
+    CONTEXT_KEY,
+    CONTROL,
+    LOG1P,
+    PERTURBATION_KEY,
+    VclibInputError,
+    check_cells,
+    condition_id,
+    is_dask,
+)
 
 GENE_CHUNK = 512
 
@@ -319,6 +328,73 @@ def log2_fold_change(mean_log1p: np.ndarray, control_log1p: np.ndarray, *, epsil
     return np.where(both_zero, 0.0, lfc)
 
 
+def _plan(contexts: np.ndarray, labels: np.ndarray, *, control: str) -> list[tuple]:
+    """Which cells each test compares, from the labels alone: per context with perturbed cells, ``(context,
+    control rows, perturbed rows grouped by perturbation, group offsets, perturbation names, group sizes)``."""
+    plan = []
+    for ctx in sorted(set(contexts)):
+        in_ctx = contexts == ctx
+        ctrl_rows = np.flatnonzero(in_ctx & (labels == control))
+        if ctrl_rows.size == 0:
+            raise VclibInputError(
+                f"context {ctx!r} has no control cells (label {control!r}); DE needs them. Labels seen: "
+                f"{', '.join(map(repr, sorted(set(labels[in_ctx]))[:10]))}."
+            )
+        perturbed = np.flatnonzero(in_ctx & (labels != control))
+        if perturbed.size == 0:
+            continue
+        order = perturbed[np.argsort(labels[perturbed], kind="stable")]
+        names, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+        plan.append((ctx, ctrl_rows, order, np.append(starts, order.size).astype(np.int64), names, counts))
+    if not plan:
+        raise VclibInputError("no perturbed cells to test: every cell is a control.")
+    return plan
+
+
+def _rank_block(X, plan: list[tuple], *, epsilon: float, tie_correction: bool,
+                continuity: bool) -> tuple[np.ndarray, np.ndarray]:
+    """log2 fold changes and p-values (conditions of ``plan`` × the genes of ``X``) of every cell's values of some
+    genes in memory. Each gene's statistics use that gene's column only, so a block of genes gives the same
+    numbers as the whole matrix."""
+    if sparse.issparse(X):
+        X = sparse.csr_matrix(X)
+        if not X.has_sorted_indices:
+            X = X.sorted_indices()  # a sorted copy; the caller's matrix is left as it is
+    lfcs, pvals = [], []
+    for _, ctrl_rows, order, offsets, names, counts in plan:
+        pvals.append(_pvalues(X, ctrl_rows, order, offsets, tie_correction=tie_correction, continuity=continuity))
+        codes = np.full(X.shape[0], -1)  # group of each perturbed cell
+        codes[order] = np.repeat(np.arange(names.size), counts)
+        means, _ = group_means(X, codes, names.size)
+        # the control mean in X's own precision (float32 files: float32), as cell-eval/pdex take it
+        ctrl_mean = np.asarray(X[ctrl_rows].mean(axis=0), dtype=np.float64).ravel()
+        lfcs.append(log2_fold_change(means, ctrl_mean[None, :], epsilon=epsilon))
+    return np.vstack(lfcs), np.vstack(pvals)
+
+
+def _dask_rank(X, plan: list[tuple], *, gene_block: int | None, **options) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_rank_block` on a dask array, one task per block of genes: dask rechunks the cells' chunks into
+    columns of every cell × ``gene_block`` genes (each chunk is read once and split; distributed spills the
+    pieces to disk under memory pressure) and each task ranks its columns exactly as in memory."""
+    import dask
+
+    n_cells, n_genes = X.shape
+    if gene_block is None:  # every cell's values of gene_block genes: ~256 MB per task (density from one chunk)
+        per_value = X.dtype.itemsize
+        if sparse.issparse(X._meta):
+            first = X.blocks[0].compute()
+            per_value = (X.dtype.itemsize + 8) * first.nnz / max(first.shape[0] * first.shape[1], 1)
+        gene_block = min(int(2**28 // max(n_cells * per_value, 1)), -(-n_genes // 8))  # >= 8 tasks to share
+    gene_block = int(np.clip(gene_block, 2, max(n_genes, 2)))
+    sizes = [gene_block] * (n_genes // gene_block) + ([n_genes % gene_block] if n_genes % gene_block else [])
+    if len(sizes) > 1 and sizes[-1] == 1:  # numpy sums a dense one-column block pairwise, not row after row as it
+        sizes[-2:] = [sizes[-2] + 1]  # does a wider one: the float32 control mean would differ in the last bits
+    columns = X.rechunk((n_cells, tuple(sizes)), method="tasks").to_delayed()[0]
+    plan = dask.delayed(plan, pure=True)  # one copy in the graph, shared by every task
+    blocks = dask.compute(*[dask.delayed(_rank_block)(c, plan, **options) for c in columns])
+    return np.hstack([lfc for lfc, _ in blocks]), np.hstack([p for _, p in blocks])
+
+
 def rank_genes(
     adata: ad.AnnData,
     *,
@@ -328,6 +404,7 @@ def rank_genes(
     epsilon: float = 1e-9,
     tie_correction: bool = True,
     continuity: bool = True,
+    gene_block: int | None = None,
 ) -> DEResult:
     """Wilcoxon rank-sum DE of every perturbed condition against the same context's control cells.
 
@@ -343,6 +420,10 @@ def rank_genes(
     tie_correction, continuity
         The variance's tie correction and the 0.5 continuity correction of the normal approximation (both on,
         as in scipy's and cell-eval's defaults).
+    gene_block
+        For a dask ``X`` (:func:`vclib.loaders.read` with ``chunks=``): genes per task. Each task gathers every
+        cell's values of its genes and ranks them with the in-memory code, so the statistics are identical to the
+        in-memory ones. ``None``: as many genes as fill ~256 MB per task (at least 2; at least 8 tasks).
 
     Returns
     -------
@@ -359,48 +440,23 @@ def rank_genes(
     if adata.isbacked:
         raise VclibInputError("rank_genes ranks every cell of every gene, so it needs the cells in memory; this "
                               f"AnnData is backed by {adata.filename}. Read it with vc.loaders.read(path) (without "
-                              "backed=True), or subset it first (adata[rows].to_memory()).")
+                              "backed=True), read it lazily with vc.loaders.read(path, chunks=20_000) (dask: "
+                              "pip install vclib[dask]), or subset it first (adata[rows].to_memory()).")
     values = check_cells(adata, perturbation_key=perturbation_key, context_key=context_key, what="rank_genes")
     if values != LOG1P:
         raise VclibInputError(f"rank_genes ranks log1p-normalised expression; uns['vclib'] says X holds {values}. "
                               "Read the data with vc.loaders.read(path) (in memory), which normalises raw counts.")
-    contexts = adata.obs[context_key].astype(str).to_numpy()
-    labels = adata.obs[perturbation_key].astype(str).to_numpy()
-    X = adata.X
-    if sparse.issparse(X):
-        X = sparse.csr_matrix(X)
-        if not X.has_sorted_indices:
-            X = X.sorted_indices()  # a sorted copy; the caller's matrix is left as it is
-    rows, lfcs, pvals = [], [], []
-    for ctx in sorted(set(contexts)):
-        in_ctx = contexts == ctx
-        ctrl_rows = np.flatnonzero(in_ctx & (labels == control))
-        if ctrl_rows.size == 0:
-            raise VclibInputError(
-                f"context {ctx!r} has no control cells (label {control!r}); DE needs them. Labels seen: "
-                f"{', '.join(map(repr, sorted(set(labels[in_ctx]))[:10]))}."
-            )
-        perturbed = np.flatnonzero(in_ctx & (labels != control))
-        if perturbed.size == 0:
-            continue
-        order = perturbed[np.argsort(labels[perturbed], kind="stable")]
-        names, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
-        offsets = np.append(starts, order.size).astype(np.int64)
-        pvals.append(_pvalues(X, ctrl_rows, order, offsets, tie_correction=tie_correction,
-                              continuity=continuity))
-        codes = np.full(X.shape[0], -1)  # group of each perturbed cell
-        codes[order] = np.repeat(np.arange(names.size), counts)
-        means, _ = group_means(X, codes, names.size)
-        # the control mean in X's own precision (float32 files: float32), as cell-eval/pdex take it
-        ctrl_mean = np.asarray(X[ctrl_rows].mean(axis=0), dtype=np.float64).ravel()
-        lfcs.append(log2_fold_change(means, ctrl_mean[None, :], epsilon=epsilon))
-        rows.append(pd.DataFrame({CONTEXT_KEY: ctx, PERTURBATION_KEY: names, "n_cells": counts,
-                                  "n_control": ctrl_rows.size}))
-    if not rows:
-        raise VclibInputError("no perturbed cells to test: every cell is a control.")
-    conditions = pd.concat(rows, ignore_index=True)
+    plan = _plan(adata.obs[context_key].astype(str).to_numpy(), adata.obs[perturbation_key].astype(str).to_numpy(),
+                 control=control)
+    options = {"epsilon": epsilon, "tie_correction": tie_correction, "continuity": continuity}
+    if is_dask(adata.X):
+        lfc, pvalue = _dask_rank(adata.X, plan, gene_block=gene_block, **options)
+    else:
+        lfc, pvalue = _rank_block(adata.X, plan, **options)
+    conditions = pd.concat([pd.DataFrame({CONTEXT_KEY: ctx, PERTURBATION_KEY: names, "n_cells": counts,
+                                          "n_control": ctrl_rows.size})
+                            for ctx, ctrl_rows, _, _, names, counts in plan], ignore_index=True)
     conditions.index = [condition_id(c, p) for c, p in
                         zip(conditions[CONTEXT_KEY], conditions[PERTURBATION_KEY], strict=True)]
-    pvalue = np.vstack(pvals)
     fdr = benjamini_hochberg(pvalue)
-    return DEResult(conditions, adata.var_names.copy(), np.vstack(lfcs), pvalue, fdr)
+    return DEResult(conditions, adata.var_names.copy(), lfc, pvalue, fdr)

@@ -34,6 +34,7 @@ from vclib.schema import (
     check_labels,
     condition_id,
     detect_values,
+    is_dask,
 )
 
 
@@ -44,7 +45,8 @@ def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | Non
     if adata.isbacked:
         raise VclibInputError(
             f"{side} data is opened in backed mode ({adata.filename}); scoring needs it in memory (metrics rank "
-            "every gene of every cell). Load it with vc.loaders.read(path) without backed=True, or subset it first "
+            "every gene of every cell). Load it with vc.loaders.read(path) without backed=True, read it lazily with "
+            "vc.loaders.read(path, chunks=20_000) (dask: pip install vclib[dask]), or subset it first "
             "(adata[rows].to_memory())."
         )
     keys = [perturbation_key] + ([context_key] if context_key else [])
@@ -59,29 +61,77 @@ def in_contract(adata: ad.AnnData, perturbation_key: str, context_key: str | Non
                       uns={"vclib": dict(adata.uns.get("vclib", {}))})
 
 
+def _value_summary(block, *, whole: bool = False) -> np.ndarray:
+    """1 × 3 for a row block: its number of NaN/inf values, its largest finite value (-inf if none), and whether
+    every finite value is an integer (for the ``whole`` matrix only asked when the largest exceeds 20)."""
+    data = block.data if sparse.issparse(block) else np.asarray(block)
+    finite = np.isfinite(data)
+    values = data if finite.all() else data[finite]
+    top = values.max(initial=-np.inf)
+    integers = (whole and top <= 20) or np.allclose(values, np.round(values))
+    return np.array([[values.size < data.size and (~finite).sum(), top, integers]], dtype=np.float64)
+
+
+def _nonfinite_row_flags(block) -> np.ndarray:
+    """Whether each row of a dense or sparse block holds NaN or inf."""
+    if not sparse.issparse(block):
+        return ~np.isfinite(np.asarray(block)).all(axis=1)
+    coo = sparse.coo_matrix(block)
+    flags = np.zeros(block.shape[0], dtype=bool)
+    flags[coo.row[~np.isfinite(coo.data)]] = True
+    return flags
+
+
+def _nonfinite_rows(X) -> np.ndarray:
+    """Rows holding NaN or inf of a dense, sparse or dask matrix."""
+    if is_dask(X):
+        return np.flatnonzero(X.rechunk({1: -1}).map_blocks(_nonfinite_row_flags, drop_axis=1, dtype=bool,
+                                                            meta=np.empty(0, bool)).compute())
+    return np.flatnonzero(_nonfinite_row_flags(X))
+
+
 def check_values(adata: ad.AnnData, side: str) -> None:
     """Refuse NaN/inf (naming the conditions) and raw counts where log1p values are expected; stamp the
-    (:func:`in_contract`) copy as log1p when it was not stamped."""
-    data = adata.X.data if sparse.issparse(adata.X) else np.asarray(adata.X)
-    bad = ~np.isfinite(data)
-    if bad.any():
-        rows = np.unique(sparse.coo_matrix(adata.X).row[bad]) if sparse.issparse(adata.X) else \
-            np.unique(np.nonzero(~np.isfinite(np.asarray(adata.X)))[0])
+    (:func:`in_contract`) copy as log1p when it was not stamped. A dask ``X`` is summarised chunk by chunk in one
+    parallel pass."""
+    X = adata.X
+    if is_dask(X):
+        summary = X.rechunk({1: -1}).map_blocks(_value_summary, chunks=(1, 3), dtype=np.float64,
+                                                 meta=np.empty((0, 0))).compute()
+        n_bad, top, integers = int(summary[:, 0].sum()), summary[:, 1].max(), bool(summary[:, 2].all())
+    else:
+        n_bad, top, integers = _value_summary(X, whole=True)[0]
+    if n_bad:
+        rows = _nonfinite_rows(X)
         names = sorted({condition_id(c, p) for c, p in adata.obs.iloc[rows][[CONTEXT_KEY, PERTURBATION_KEY]]
                         .itertuples(index=False)})
         raise VclibInputError(
             f"{side} values hold NaN or inf in {len(names)} condition(s): {', '.join(map(repr, names[:8]))}."
         )
     stamped = adata.uns["vclib"].get("values")
-    if stamped == COUNTS or (data.size and np.nanmax(data) > 20 and np.allclose(data, np.round(data))) or (
-            stamped is None and detect_values(adata.X) == COUNTS):
+    if stamped == COUNTS or (top > 20 and integers) or (stamped is None and detect_values(X) == COUNTS):
         raise VclibInputError(
-            f"{side} values look like raw counts (integers up to {np.nanmax(data):.0f}); metrics compare "
+            f"{side} values look like raw counts (integers up to {top:.0f}); metrics compare "
             "log1p-normalised expression. Load the data with vc.loaders.read(), which normalises counts "
             "(or apply sc.pp.normalize_total(target_sum=1e4) and sc.pp.log1p first)."
         )
     if stamped is None:  # checked once here; the pseudobulk and DE of this copy then trust it
         adata.uns["vclib"]["values"] = LOG1P
+
+
+def _hash_values(h, X) -> None:
+    """Feed every value of a dense or sparse matrix to the hash ``h`` (exact bytes, with their dtypes)."""
+    parts = (X.data, X.indices, X.indptr) if sparse.issparse(X) else (np.asarray(X),)
+    for part in parts:
+        h.update(str(part.dtype).encode())
+        h.update(np.ascontiguousarray(part).tobytes())
+
+
+def _chunk_digest(block) -> np.ndarray:
+    """1 × 32: the sha256 of a chunk's values."""
+    h = hashlib.sha256()
+    _hash_values(h, block)
+    return np.frombuffer(h.digest(), dtype=np.uint8)[None, :]
 
 
 class Observed:
@@ -103,7 +153,8 @@ class Observed:
     de
         :func:`vclib.metrics.rank_genes` of the cells, with the DE options given to :func:`prepare`.
     fingerprint
-        A short hash of the content: every cell's condition label, the genes and every value of ``X``.
+        A short hash of the content: every cell's condition label, the genes and every value of ``X`` (for a dask
+        ``X``, of its chunks' hashes: the same data in other chunks gives another fingerprint).
     not_applicable
         Why this data cannot be scored (response signatures have no cells), or ``""``.
     """
@@ -161,10 +212,11 @@ class Observed:
         h.update("\n".join(obs[CONTEXT_KEY].astype(str) + "|" + obs[PERTURBATION_KEY].astype(str)).encode())
         h.update("\n".join(map(str, self.cells.var_names)).encode())
         X = self.cells.X
-        parts = (X.data, X.indices, X.indptr) if sparse.issparse(X) else (np.asarray(X),)
-        for part in parts:
-            h.update(str(part.dtype).encode())
-            h.update(np.ascontiguousarray(part).tobytes())
+        if is_dask(X):  # each chunk's hash, in order: one parallel pass (the value then depends on the chunking too)
+            h.update(X.rechunk({1: -1}).map_blocks(_chunk_digest, chunks=(1, 32), dtype=np.uint8,
+                                                   meta=np.empty((0, 0), np.uint8)).compute().tobytes())
+        else:
+            _hash_values(h, X)
         return h.hexdigest()[:16]
 
     def check_de_options(self, epsilon: float, de_options: dict | None) -> None:
