@@ -13,6 +13,7 @@ Needs ../shared/real-data (skipped with a message where absent). Run:
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -43,10 +44,12 @@ def main() -> None:
     if not (folder / "manifest.json").exists():
         vc.splits.export(adata, table, folder)
     start = time.perf_counter()
+    print("load average at the start (1, 5, 15 min): " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
     vc.external.predict("scgen", folder, options=["--epochs", args.epochs, "--seed", args.seed])
-    print(f"scGen, all folds: {time.perf_counter() - start:.0f} s (folds answered before are not redone)")
+    print(f"scGen, all folds: {time.perf_counter() - start:.0f} s (folds answered before are not redone); load "
+          "average now: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
 
-    models = {"scgen": vc.models.ExternalPredictions(folder), **{name: name for name in BASELINES}}
+    models = {"scgen": vc.models.ExternalPredictions(folder), **{n: vc.benchmark.estimator(n) for n in BASELINES}}
     scores = vc.benchmark.run(adata, splits=table, models=models, metrics=METRICS, progress=False)
     mean = scores.groupby(["metric", "model", "context"])["value"].mean().unstack("context")
     pd.set_option("display.width", 200)
