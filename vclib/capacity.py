@@ -75,7 +75,7 @@ def run(
     >>> import vclib as vc
     >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=12, n_genes=40, cells_per_condition=10, seed=1)
     >>> table = vc.capacity.run(adata, widths=(2, 8), fractions=(0.0, 0.5), progress=False)
-    >>> sorted(table["coverage"].unique()), sorted(table["width"].unique())
+    >>> sorted(table["coverage"].unique().tolist()), sorted(table["width"].unique().tolist())
     ([0.0, 0.5], [2, 8])
     """
     if not len(widths):
