@@ -2,8 +2,9 @@
 
 Written by hand because the field's implementations test one group at a time (scanpy's rank_genes_groups ranks
 every group with the control again; pdex/numba-mwu re-sort the control per group). Here each context's control
-column is sorted once, and every condition's cells are placed into it by binary search, which gives the
-U statistic and the exact tie correction per (condition, gene) in one pass (numba, parallel over genes).
+column is sorted once, and every condition's cells are placed into it (by binary search, or by walking on from
+the previous value's place), which gives the U statistic and the exact tie correction per (condition, gene) in
+one pass (numba, parallel over genes).
 The result equals ``scipy.stats.mannwhitneyu(x, y, method="asymptotic", use_continuity=True)``.
 
 Sparse ``X`` is never densified: each parallel task gathers the stored values of one block of genes column-wise
@@ -28,6 +29,7 @@ from vclib.pseudobulk import group_means
 from vclib.schema import CONTEXT_KEY, CONTROL, LOG1P, PERTURBATION_KEY, VclibInputError, check_cells, condition_id
 
 GENE_CHUNK = 512
+_WALK = 64  # control runs _ranksum_sparse walks past one by one before it searches instead
 
 
 @numba.njit(cache=True)
@@ -180,8 +182,8 @@ def _column_block(indptr, indices, data, rows, start, stop):
 def _ranksum_sparse(indptr, indices, data, ctrl_rows, order, offsets, bounds, tie_correction, continuity):
     """:func:`_ranksum` on CSR arrays: the cells ``order`` (group k at ``offsets[k]:offsets[k + 1]``) against the
     control rows ``ctrl_rows``. Each task takes a block of genes ``bounds[b]:bounds[b + 1]``, gathers its stored
-    values column-wise, and per gene finds the control's runs once and places each group's runs into them by
-    binary search (the control's runs of one gene stay in cache while all groups use them)."""
+    values column-wise, and per gene finds the control's runs once and places each group's runs into them, in
+    order (the control's runs of one gene stay in cache while all groups use them)."""
     n2 = ctrl_rows.size
     n_groups = offsets.size - 1
     pvalues = np.ones((n_groups, bounds[-1]))
@@ -212,7 +214,13 @@ def _ranksum_sparse(indptr, indices, data, ctrl_rows, order, offsets, bounds, ti
                 n_runs = _runs_with_zeros(stored, n1 - stored.size, values, sizes)
                 u1, ties, at = 0.0, ref_ties, 0
                 for r in range(n_runs):
-                    at = _lower_bound(ref, values[r], at, n_ref)  # runs ascend: search on from the last place
+                    # runs ascend: walk on from the last place (its predictable steps took 12% less time than a
+                    # binary search per run), searching only when the run is far ahead
+                    reach = min(at + _WALK, n_ref)
+                    while at < reach and ref[at] < values[r]:
+                        at += 1
+                    if at == reach:
+                        at = _lower_bound(ref, values[r], at, n_ref)
                     lo = below[at] if at < n_ref else n2
                     tc = ref_sizes[at] if at < n_ref and ref[at] == values[r] else 0
                     tg = sizes[r]
@@ -270,7 +278,10 @@ class DEResult:
         return self.fdr.astype(np.float32) < np.float32(fdr)
 
     def subset(self, names) -> DEResult:
-        """The same result for some conditions (by ``"context|perturbation"``), in that order."""
+        """The same result for some conditions (by ``"context|perturbation"``), in that order (this object itself
+        when that is every condition in its own order: nothing copied)."""
+        if self.conditions.index.equals(pd.Index(names)):
+            return self
         idx = self.conditions.index.get_indexer(list(names))
         if (idx < 0).any():
             missing = [n for n, i in zip(names, idx, strict=True) if i < 0]
@@ -288,10 +299,8 @@ class DEResult:
         })
 
 
-@numba.njit(parallel=True, cache=True)
 def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values of each row (``scipy.stats.false_discovery_control(p, axis=1)``,
-    rows in parallel: scipy's single-threaded sort was a tenth of the DE time).
+    """Benjamini–Hochberg adjusted p-values of each row (``scipy.stats.false_discovery_control(p, axis=1)``).
 
     Examples
     --------
@@ -299,10 +308,20 @@ def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
     >>> benjamini_hochberg(np.array([[0.01, 0.04, 0.03, 0.5]])).round(4).tolist()
     [[0.04, 0.0533, 0.0533, 0.5]]
     """
+    pvalues = np.asarray(pvalues, dtype=np.float64)
+    # numpy's sort (SIMD) took half the time numba's did inside the kernel; tied p-values get the same adjusted
+    # value whatever their order, so any sort gives the same result
+    return _bh_sorted(pvalues, np.argsort(pvalues, axis=1))
+
+
+@numba.njit(parallel=True, cache=True)
+def _bh_sorted(pvalues: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """:func:`benjamini_hochberg` given each row's ascending order (rows in parallel: scipy's single-threaded
+    version was a tenth of the DE time)."""
     n_rows, m = pvalues.shape
     out = np.empty((n_rows, m))
     for i in numba.prange(n_rows):
-        order = np.argsort(pvalues[i])
+        order = orders[i]
         running = 1.0
         for rank in range(m, 0, -1):  # p_(r) * m / r, then the running minimum from the largest p down
             j = order[rank - 1]
