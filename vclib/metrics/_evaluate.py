@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anndata as ad
@@ -241,7 +242,26 @@ def evaluate(
     {'discrimination_score_l1': 1.0, 'mse': 0.0}
     """
     options = {name: value for name, value in locals().items() if name not in ("predicted", "observed")}
-    return _Evaluation(predicted, observed, **options).run()
+    with _ordinary_pages():
+        return _Evaluation(predicted, observed, **options).run()
+
+
+@contextmanager
+def _ordinary_pages():
+    """numpy's new arrays on ordinary memory pages inside the block, not transparent huge pages, which numpy
+    requests for every large array (its ``NUMPY_MADVISE_HUGEPAGE``); restored after. evaluate allocates many
+    short-lived 10-100 MB arrays, and where the kernel backs a huge page slowly (this project's VMs: ~17 ms each,
+    236 of them took ~4 s of a 7 s scoring process) that dominated a first call; ordinary pages cost a few ms.
+    Only where memory comes from changes, no value."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _set_madvise_hugepage
+    previous = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(previous)
 
 
 # every keyword option of evaluate() with its default
