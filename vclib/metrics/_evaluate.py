@@ -256,7 +256,11 @@ def _ordinary_pages():
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _set_madvise_hugepage
+        try:
+            from numpy.core.multiarray import _set_madvise_hugepage
+        except ImportError:  # a numpy without the switch (it is private): memory as numpy decides
+            yield
+            return
     previous = _set_madvise_hugepage(False)
     try:
         yield
