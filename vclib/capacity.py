@@ -190,11 +190,11 @@ def verdict(scores: pd.DataFrame, *, metric: str = "mse_delta", min_n: int = MIN
     covered = all(d["better"] == "yes" for d in cover.values())
     if covered and gain_cover > gain_grow:
         lines.append("More coverage of the target context helped more than more capacity.")
-    elif helps and gain_grow > max(_gain(d, metric) for d in cover.values()):
-        lines.append("More capacity helped more than more coverage of the target context.")
     elif cover[large]["better"] == "yes" and grow[f1]["better"] == "yes" and grow[f0]["better"] != "yes":
         lines.append("Coverage and capacity helped together: the larger model used the measured part of the target "
                      f"context, and capacity did not help where none of it was measured (f = {f0:g}).")
+    elif helps and gain_grow > max(_gain(d, metric) for d in cover.values()):
+        lines.append("More capacity helped more than more coverage of the target context.")
     else:
         lines.append("Neither more coverage nor more capacity helped clearly more than the other.")
     return "\n".join(lines)
