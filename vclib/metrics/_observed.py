@@ -33,7 +33,7 @@ from vclib.schema import (
     check_columns,
     check_labels,
     condition_id,
-    detect_values,
+    holds_counts,
 )
 
 
@@ -74,7 +74,7 @@ def check_values(adata: ad.AnnData, side: str) -> None:
         )
     stamped = adata.uns["vclib"].get("values")
     if stamped == COUNTS or (data.size and np.nanmax(data) > 20 and np.allclose(data, np.round(data))) or (
-            stamped is None and detect_values(adata.X) == COUNTS):
+            stamped is None and holds_counts(adata.X)):
         raise VclibInputError(
             f"{side} values look like raw counts (integers up to {np.nanmax(data):.0f}); metrics compare "
             "log1p-normalised expression. Load the data with vc.loaders.read(), which normalises counts "
