@@ -386,10 +386,10 @@ def _bh_sorted(pvalues: np.ndarray, orders: np.ndarray) -> np.ndarray:
 
 def log2_fold_change(mean_log1p: np.ndarray, control_log1p: np.ndarray, *, epsilon: float = 1e-9) -> np.ndarray:
     """``log2((expm1(m_p) + eps) / (expm1(m_c) + eps))`` from mean log1p values (science.md)."""
+    mean, control = np.expm1(mean_log1p) + epsilon, np.expm1(control_log1p) + epsilon
     with np.errstate(divide="ignore", invalid="ignore"):
-        lfc = np.log2((np.expm1(mean_log1p) + epsilon) / (np.expm1(control_log1p) + epsilon))
-    both_zero = (np.expm1(mean_log1p) + epsilon == 0) & (np.expm1(control_log1p) + epsilon == 0)
-    return np.where(both_zero, 0.0, lfc)
+        lfc = np.log2(mean / control)
+    return np.where((mean == 0) & (control == 0), 0.0, lfc)
 
 
 def _plan(contexts: np.ndarray, labels: np.ndarray, *, control: str) -> list[tuple]:

@@ -33,7 +33,7 @@ from vclib.schema import (
     check_columns,
     check_labels,
     condition_id,
-    detect_values,
+    holds_counts,
     is_dask,
 )
 
@@ -109,7 +109,7 @@ def check_values(adata: ad.AnnData, side: str) -> None:
             f"{side} values hold NaN or inf in {len(names)} condition(s): {', '.join(map(repr, names[:8]))}."
         )
     stamped = adata.uns["vclib"].get("values")
-    if stamped == COUNTS or (top > 20 and integers) or (stamped is None and detect_values(X) == COUNTS):
+    if stamped == COUNTS or (top > 20 and integers) or (stamped is None and holds_counts(X)):
         raise VclibInputError(
             f"{side} values look like raw counts (integers up to {top:.0f}); metrics compare "
             "log1p-normalised expression. Load the data with vc.loaders.read(), which normalises counts "
