@@ -205,8 +205,7 @@ def detect_values(X, *, n_cells: int = 200, seed: int = 0) -> str:
     >>> detect_values(np.log1p(counts / counts.sum(1, keepdims=True) * 1e4))
     'log1p'
     """
-    values = _nonzero_rows(X, _sample_rows(X, n_cells, seed))
-    flat = np.concatenate(values) if values else np.zeros(0)
+    values, flat = _sampled_values(X, n_cells, seed)
     if flat.size == 0:
         return "unknown"
     if np.any(flat < 0):
@@ -220,6 +219,12 @@ def detect_values(X, *, n_cells: int = 200, seed: int = 0) -> str:
     if _multiples_of_smallest(values, lambda v: np.exp2(v) - 1) > 0.9:
         return "log2p"
     return "unknown"
+
+
+def _sampled_values(X, n_cells: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The non-zero values of a seeded sample of rows: per row, and all together."""
+    values = _nonzero_rows(X, _sample_rows(X, n_cells, seed))
+    return values, np.concatenate(values) if values else np.zeros(0)
 
 
 def _integers(flat: np.ndarray) -> bool:
@@ -236,9 +241,8 @@ def holds_counts(X, *, n_cells: int = 200, seed: int = 0) -> bool:
     >>> holds_counts(np.array([[0, 1, 3], [2, 0, 5]])), holds_counts(np.log1p(np.array([[0.5, 1.5, 3.0]])))
     (True, False)
     """
-    values = _nonzero_rows(X, _sample_rows(X, n_cells, seed))
-    flat = np.concatenate(values) if values else np.zeros(0)
-    return flat.size > 0 and not np.any(flat < 0) and _integers(flat)
+    _, flat = _sampled_values(X, n_cells, seed)
+    return flat.size > 0 and not np.any(flat < 0) and _integers(flat)  # detect_values' first three rules
 
 
 def _categories_seen(series: pd.Series, n: int = 12) -> str:
