@@ -5,8 +5,9 @@ by chunk (``anndata.io.sparse_dataset(...).append``; the matrix is never whole i
 (4 contexts × 250 perturbations, control included), cells in random order, so every chunk holds nearly every
 condition. Then, on a ``distributed.LocalCluster`` of 2 worker processes (1 thread each, ``memory_limit`` 3 GB, spilling
 to the temp folder), it times ``vc.loaders.read(path, chunks=...)``, ``vc.pseudobulk.pseudobulk``,
-``vc.pseudobulk.split_halves`` and ``vc.metrics.rank_genes``, and prints each worker's peak resident memory
-(VmHWM). ``--compare`` also runs the in-memory path on the same file and prints the largest differences. The temp
+``vc.pseudobulk.split_halves``, ``vc.metrics.rank_genes`` and ``vc.coverage.control_distances`` (PCA of the control
+cells from chunked moments and Gram matrix, E-distance, correlation distance), and prints each worker's peak resident
+memory (VmHWM). ``--compare`` also runs the in-memory path on the same file and prints the largest differences. The temp
 folder is deleted at the end.
 
     python benchmarks/dask_scale.py                      # 1 M cells
@@ -122,20 +123,32 @@ def main(n_cells: int, chunks: int, memory_limit: str, *, compare: bool = False)
             start = time.perf_counter()
             de = vc.metrics.rank_genes(adata)
             times["rank_genes (Wilcoxon)"] = time.perf_counter() - start
+            start = time.perf_counter()
+            distances = vc.coverage.control_distances(adata)
+            times["control_distances"] = time.perf_counter() - start
             peaks = client.run(_peak_gb)
         if compare:  # the in-memory path on the same file, in this process
             start = time.perf_counter()
             memory = vc.loaders.read(path)
             pb_memory, de_memory = vc.pseudobulk.pseudobulk(memory), vc.metrics.rank_genes(memory)
-            print(f"  in memory (one process, {numba_threads()} numba threads): {time.perf_counter() - start:.1f} s; "
+            elapsed = time.perf_counter() - start
+            start = time.perf_counter()
+            distances_memory = vc.coverage.control_distances(memory)
+            elapsed_distances = time.perf_counter() - start
+            print(f"  in memory (one process, {numba_threads()} numba threads): {elapsed + elapsed_distances:.1f} s "
+                  f"(control_distances {elapsed_distances:.1f} s); "
                   f"max |in memory - dask|: pseudobulk {np.abs(pb_memory.X - pb.X).max():.1e}, "
                   + ", ".join(f"{k} {np.nanmax(np.abs(getattr(de_memory, k) - getattr(de, k))):.1e}"
-                              for k in ("lfc", "pvalue", "fdr")))
+                              for k in ("lfc", "pvalue", "fdr")) + ", "
+                  + ", ".join(f"{k} {np.abs(distances_memory[k] - distances[k]).max():.1e}"
+                              for k in ("edistance", "correlation_distance")))
             del memory
         for step, seconds in times.items():
             print(f"  {step:<24} {seconds:7.1f} s")
         print(f"  {'total':<24} {sum(times.values()):7.1f} s  ({n_cells / sum(times.values()):,.0f} cells/s; "
-              f"{pb.n_obs:,} conditions, DE {de.pvalue.shape[0]:,} x {de.pvalue.shape[1]:,})")
+              f"{pb.n_obs:,} conditions, DE {de.pvalue.shape[0]:,} x {de.pvalue.shape[1]:,}, "
+              f"PCA of {(adata.obs['perturbation'] == 'control').sum():,} control cells for {len(distances)} context "
+              "pairs)")
         print(f"  peak resident memory per worker (limit {memory_limit}): "
               + ", ".join(f"{gb:.2f} GB" for gb in peaks.values()) + f"; client {_peak_gb():.2f} GB")
 

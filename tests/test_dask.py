@@ -32,9 +32,9 @@ def _dense(X) -> np.ndarray:
 
 
 def test_in_memory_path_never_needs_dask():
-    """`import vclib` does not import dask, and the in-memory path (read, pseudobulk, halves, DE) runs with dask made
-    unimportable. (anndata >= 0.11 itself imports dask.array when dask is installed, so once anndata is loaded
-    "dask not in sys.modules" is anndata's doing; what vclib owes is to never need it.)"""
+    """`import vclib` does not import dask, and the in-memory path (read, pseudobulk, halves, DE, control-cell
+    distances) runs with dask made unimportable. (anndata >= 0.11 itself imports dask.array when dask is installed,
+    so once anndata is loaded "dask not in sys.modules" is anndata's doing; what vclib owes is to never need it.)"""
     code = """
 import sys
 import vclib as vc
@@ -45,6 +45,7 @@ counts = sim.copy()
 counts.X = counts.layers["counts"]
 adata = vc.loaders.read(counts)
 vc.pseudobulk.pseudobulk(adata), vc.pseudobulk.split_halves(adata), vc.metrics.rank_genes(adata)
+vc.coverage.control_distances(adata, n_pcs=5)
 print("ok", [m for m in sys.modules if m.startswith("dask") and sys.modules[m] is not None])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

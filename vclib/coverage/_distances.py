@@ -22,6 +22,7 @@ from vclib.schema import (
     SIGNATURE,
     VclibInputError,
     check_cells,
+    is_dask,
     normalise,
 )
 
@@ -141,41 +142,118 @@ def edistance(
     return out
 
 
-def _pca(X, *, n_pcs: int, n_top_genes: int) -> np.ndarray:
-    """Exact PCA scores of the rows of X (dense or sparse) on its ``n_top_genes`` most variable columns.
-
-    The covariance matrix (genes × genes) is formed from sparse products and diagonalised with LAPACK: exact,
-    deterministic (each component's sign fixed by its largest loading), and fast for many cells.
-    """
-    n = X.shape[0]
-    mean = np.asarray(X.mean(axis=0)).ravel()
-    sq = X.multiply(X) if sparse.issparse(X) else X**2
-    variance = np.asarray(sq.mean(axis=0)).ravel() - mean**2
-    genes = np.sort(np.argsort(-variance, kind="stable")[: min(n_top_genes, X.shape[1])])
-    Xg, mg = X[:, genes], mean[genes]
-    gram = np.zeros((len(genes), len(genes)))
-    rows = max(1, 2**22 // len(genes))  # dense row blocks of ~4M values: BLAS products, bounded memory
-    for start in range(0, n, rows):
-        block = Xg[start : start + rows]
-        block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-        gram += block.T @ block
-    cov = (gram - n * np.outer(mg, mg)) / max(n - 1, 1)
-    k = int(max(1, min(n_pcs, n - 1, len(genes))))
-    _, vectors = linalg.eigh(cov, subset_by_index=[len(genes) - k, len(genes) - 1])
-    vectors = vectors[:, ::-1]
-    vectors *= np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(k)])
-    scores = Xg @ vectors
-    return np.asarray(scores) - mg @ vectors
+def _log1p_rows(block, values: str):
+    """Rows of X as float64 log1p values (CSR if sparse), normalising raw counts as the loader does: exact block by
+    block, since library-size normalisation and log1p act on each cell alone."""
+    if values == COUNTS:
+        tmp = ad.AnnData(sparse.csr_matrix(block, dtype=np.float64) if sparse.issparse(block) else
+                         np.asarray(block, dtype=np.float64))
+        normalise(tmp)
+        block = tmp.X
+    return sparse.csr_matrix(block, dtype=np.float64) if sparse.issparse(block) else np.asarray(block, dtype=np.float64)
 
 
 def _control_matrix(adata: ad.AnnData, rows: np.ndarray):
-    """log1p-normalised expression of some rows (normalising raw counts of backed files as the loader would)."""
+    """log1p-normalised expression of some rows (normalising raw counts of backed files as the loader would). For a
+    dask X, a lazy dask array: the rows are selected and normalised chunk by chunk when it is computed."""
+    values = adata.uns.get("vclib", {}).get("values", LOG1P)
     X = adata.X[rows]
-    if adata.uns.get("vclib", {}).get("values", LOG1P) == COUNTS:
-        tmp = ad.AnnData(sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, float))
-        normalise(tmp)
-        X = tmp.X
-    return sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
+    if is_dask(X):
+        meta = sparse.csr_matrix((0, 0)) if sparse.issparse(X._meta) else np.empty((0, 0))
+        return X.rechunk({1: -1}).map_blocks(_log1p_rows, values, dtype=np.float64, meta=meta)
+    return _log1p_rows(X, values)
+
+
+def _moments(block, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Column sums of the rows of each group, then column sums of all rows' squares: (n_groups + 1) × genes."""
+    codes = np.ravel(codes)
+    indicator = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_groups, codes.size))
+    sums = indicator @ block
+    squares = block.multiply(block) if sparse.issparse(block) else block**2
+    return np.vstack([sums.toarray() if sparse.issparse(sums) else np.asarray(sums),
+                      np.asarray(squares.sum(axis=0)).reshape(1, -1)])
+
+
+def _gram(block, genes: np.ndarray) -> np.ndarray:
+    """``Xg.T @ Xg`` of the genes' columns, from dense row blocks of ~4M values: BLAS products, bounded memory."""
+    Xg = block[:, genes]
+    gram = np.zeros((len(genes), len(genes)))
+    rows = max(1, 2**22 // max(len(genes), 1))
+    for start in range(0, Xg.shape[0], rows):
+        part = Xg[start : start + rows]
+        part = part.toarray() if sparse.issparse(part) else np.asarray(part)
+        gram += part.T @ part
+    return gram
+
+
+def _project(block, genes: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``Xg @ vectors`` of the genes' columns (uncentred PCA scores)."""
+    return np.asarray(block[:, genes] @ vectors)
+
+
+def _chunk_term(*blocks, summand):
+    """One chunk's term of a sum over chunks, with a leading axis of length 1 to sum over."""
+    return summand(*blocks)[None]
+
+
+def _summed(summand, X, *args, shape: tuple[int, int], codes: np.ndarray | None = None):
+    """``summand(X, [codes,] *args)``, a ``shape`` array additive over rows: one call in memory; for a dask X, one
+    call per chunk and a tree of sums, left lazy so that :func:`_computed` computes several in one pass."""
+    if not is_dask(X):
+        return summand(X, *args) if codes is None else summand(X, codes, *args)
+    import dask
+    import dask.array as da
+
+    inputs = [X] if codes is None else [X, da.from_array(codes[:, None], chunks=(X.chunks[0], 1))]
+    args = [dask.delayed(a, pure=True) if isinstance(a, np.ndarray) else a for a in args]  # one copy in the graph
+    parts = da.map_blocks(_chunk_term, *inputs, *args, summand=summand, new_axis=2, dtype=np.float64,
+                          chunks=((1,) * X.numblocks[0], (shape[0],), (shape[1],)), meta=np.empty((0, 0, 0)))
+    return parts.sum(axis=0)
+
+
+def _computed(*values) -> tuple:
+    """The values, the dask arrays among them computed together (one pass, the active dask scheduler)."""
+    if not any(is_dask(v) for v in values):
+        return values
+    import dask
+
+    return dask.compute(*values)
+
+
+def _covariance(X, moments: np.ndarray, *, n_top_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n_top_genes`` most variable columns of X (sorted), their means and their covariance matrix (÷ n − 1),
+    from ``moments`` (:func:`_moments`: column sums, sums of squares in the last row) and the Gram matrix."""
+    n = X.shape[0]
+    mean = moments[:-1].sum(axis=0) / n
+    variance = moments[-1] / n - mean**2
+    genes = np.sort(np.argsort(-variance, kind="stable")[: min(n_top_genes, X.shape[1])])
+    (gram,) = _computed(_summed(_gram, X, genes, shape=(len(genes), len(genes))))
+    mg = mean[genes]
+    return genes, mg, (gram - n * np.outer(mg, mg)) / max(n - 1, 1)
+
+
+def _pca(X, moments: np.ndarray, *, n_pcs: int, n_top_genes: int) -> np.ndarray:
+    """Exact PCA scores of the rows of X (dense, sparse or dask) on its ``n_top_genes`` most variable columns.
+
+    The covariance matrix (genes × genes) is formed from the column moments and the Gram matrix, summed over row
+    blocks (over chunks for a dask X), and diagonalised in memory with LAPACK: exact, deterministic (each
+    component's sign fixed by its largest loading), and fast for many cells. The scores (rows × components) are
+    computed in memory.
+    """
+    genes, mg, cov = _covariance(X, moments, n_top_genes=n_top_genes)
+    k = int(max(1, min(n_pcs, X.shape[0] - 1, len(genes))))
+    _, vectors = linalg.eigh(cov, subset_by_index=[len(genes) - k, len(genes) - 1])
+    vectors = vectors[:, ::-1]
+    vectors *= np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(k)])
+    if is_dask(X):
+        import dask
+
+        scores = X.map_blocks(_project, dask.delayed(genes, pure=True), dask.delayed(vectors, pure=True),
+                              chunks=(X.chunks[0], (k,)), dtype=np.float64, meta=np.empty((0, 0)))
+        (scores,) = _computed(scores)
+    else:
+        scores = _project(X, genes, vectors)
+    return scores - mg @ vectors
 
 
 def control_distances(
@@ -200,10 +278,16 @@ def control_distances(
     ``min_cells`` control cells are skipped for the distance: they keep their rows (NaN) with a ``note`` naming
     the reason, and a warning names them.
 
+    A dask ``X`` (:func:`vclib.loaders.read` with ``chunks=``) is never held whole: the control rows are selected
+    and normalised chunk by chunk, the column moments and the Gram matrix of the chosen genes are sums over chunks,
+    and the PCA scores (control cells × ``n_pcs``) are the only per-cell result brought into memory. Three passes
+    over the file under the active dask scheduler; the results equal the in-memory ones up to rounding
+    (tests/test_dask_distances.py checks 1e-10 for several chunkings).
+
     Parameters
     ----------
     adata
-        Cells in the data contract (in memory or backed).
+        Cells in the data contract (in memory, backed, or read lazily with ``chunks=``).
     perturbation_key, context_key, control
         Column names and control label.
     n_pcs
@@ -273,16 +357,14 @@ def control_distances(
             idx = np.sort(rng.choice(idx, max_cells, replace=False))
         take.append(idx)
     order_sorted = np.sort(np.concatenate(take))
-    X = _control_matrix(adata, order_sorted)
+    X = _control_matrix(adata, order_sorted)  # lazy for a dask X: three passes below, nothing held whole
     labels = contexts[order_sorted]
-    E = edistance(_pca(X, n_pcs=n_pcs, n_top_genes=n_top_genes), labels, metric=metric,
+    codes = pd.Index(usable).get_indexer(labels)
+    (moments,) = _computed(_summed(_moments, X, len(usable), codes=codes, shape=(len(usable) + 1, X.shape[1])))
+    E = edistance(_pca(X, moments, n_pcs=n_pcs, n_top_genes=n_top_genes), labels, metric=metric,
                   sample_correct=sample_correct)
 
-    indicator = sparse.csr_matrix((np.ones(len(labels)), (pd.Index(usable).get_indexer(labels),
-                                                          np.arange(len(labels)))), shape=(len(usable), len(labels)))
-    sums = indicator @ X
-    sums = sums.toarray() if sparse.issparse(sums) else np.asarray(sums)
-    pb = sums / np.bincount(pd.Index(usable).get_indexer(labels))[:, None]
+    pb = moments[:-1] / np.bincount(codes, minlength=len(usable))[:, None]
     corr = pd.DataFrame(np.corrcoef(pb), index=usable, columns=usable)
     ok = table["context_a"].isin(usable) & table["context_b"].isin(usable)
     table.loc[ok, "edistance"] = [E.loc[a, b] for a, b in zip(table.loc[ok, "context_a"], table.loc[ok, "context_b"],
