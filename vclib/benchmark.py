@@ -658,25 +658,80 @@ def merge_identical(table: pd.DataFrame, identical: pd.DataFrame) -> pd.DataFram
     return out[~drop].reset_index(drop=True)
 
 
-def load_predictions(results_dir: str | Path) -> ad.AnnData:
+def load_predictions(
+    results_dir: str | Path,
+    *,
+    model: str | list[str] | None = None,
+    split: str | list[str] | None = None,
+    fold: str | list[str] | None = None,
+    seed: int | list[int] | None = None,
+) -> ad.AnnData:
     """The predicted deltas of the last :func:`run` into ``results_dir``, one row per (cell of the grid,
-    condition), with obs ``model``, ``split``, ``fold``, ``seed``, ``context``, ``perturbation``.
+    condition), with obs ``model``, ``split``, ``fold``, ``seed``, ``context``, ``perturbation``; optionally only
+    the cells of some models, splits, folds or seeds, read on demand.
 
     Predicted deltas are the prediction minus the control it was built on (the ceiling's: one half of the
     observed cells minus that half's control). Notebook 03 reads them instead of re-running the benchmark.
     ``uns["scored_against"]`` holds, for the ceiling's rows, the delta of the other half it was scored against
     (rows named as the predictions; see :func:`vclib.failures.scored_against`).
+
+    Parameters
+    ----------
+    results_dir
+        The ``results_dir`` of :func:`run`.
+    model, split, fold, seed
+        Keep only the grid cells with this value (or one of these values); None: every value. Each grid cell is
+        one file, and only the files of the cells kept are read, so one model's predictions of a large grid cost
+        that model's files only.
+
+    Returns
+    -------
+    AnnData of predicted deltas (float32), rows named ``model|split|fold|seed|context|perturbation``; the rows of
+    the chosen cells equal the same rows of the unfiltered result. Empty (no rows, no genes) when no split
+    applied to the data; a filter that matches no cell of the run is an error naming the values the run has.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=8, n_genes=60, cells_per_condition=20)
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = vc.benchmark.run(adata, splits=["unseen_context"], models=["no_change", "linear"],
+    ...                      metrics=["mse_delta"], results_dir=folder, progress=False)
+    >>> linear = vc.benchmark.load_predictions(folder, model="linear")
+    >>> sorted(linear.obs["model"].unique()), sorted(linear.obs["fold"].unique())
+    (['linear'], ['C1', 'C2'])
     """
     results_dir = Path(results_dir)
     if not (results_dir / INDEX_FILE).exists():
         raise VclibInputError(f"{str(results_dir)!r} holds no benchmark run ({INDEX_FILE} missing); run "
                               "vc.benchmark.run(..., results_dir=...) or notebook 02 first.")
     index = pd.read_csv(results_dir / INDEX_FILE, dtype={"fold": str, "split": str, "model": str})
+    wanted = {"model": model, "split": split, "fold": fold, "seed": seed}
+    keep = np.ones(len(index), dtype=bool)
+    for key, values in wanted.items():
+        if values is None:
+            continue
+        values = [values] if isinstance(values, str | int | np.integer) else list(values)
+        values = [int(v) for v in values] if key == "seed" else [str(v) for v in values]
+        present = list(dict.fromkeys(index[key]))
+        unknown = [v for v in values if v not in set(present)]
+        if unknown and len(index):
+            raise VclibInputError(f"the run in {str(results_dir)!r} has no {key} {', '.join(map(repr, unknown))}; "
+                                  f"its {key}s: {', '.join(map(str, present))}.")
+        keep &= index[key].isin(values).to_numpy()
+    if len(index) and not keep.any():
+        asked = ", ".join(f"{k}={v!r}" for k, v in wanted.items() if v is not None)
+        cells = index[["model", "split", "fold", "seed"]].drop_duplicates(subset=["split", "fold", "seed"])
+        raise VclibInputError(f"no cell of the run in {str(results_dir)!r} has {asked}; its (split, fold, seed): "
+                              + ", ".join(f"({r.split}, {r.fold}, {r.seed})" for r in cells.itertuples()) + ".")
+    index = index[keep]
     parts, against = [], []
     for row in index.itertuples(index=False):
         part = ad.read_h5ad(results_dir / "cells" / row.predictions)
         if part.n_obs == 0:
             continue
+        part.obs = part.obs.astype({CONTEXT_KEY: str, PERTURBATION_KEY: str})  # whichever cells are read together
         for key in ("model", "split", "fold", "seed"):
             part.obs[key] = getattr(row, key)
         part.obs_names = [f"{row.model}|{row.split}|{row.fold}|{row.seed}|{n}" for n in part.obs_names]
