@@ -1,0 +1,171 @@
+"""The distributed benchmark grid (issue 13): with a distributed.Client each (model, fold, seed) cell is a task, the
+cell files are the only shared state, and the results equal the serial run's. Each test builds its own two-process
+LocalCluster and closes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import vclib as vc
+from vclib.schema import VclibInputError
+
+distributed = pytest.importorskip("distributed")
+cloudpickle = pytest.importorskip("cloudpickle")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+
+OPTIONS = {"splits": ["unseen_perturbation", "unseen_context"], "metrics": ["mse_delta", "pearson_delta",
+                                                                          "overlap_at_N"],
+           "split_options": {"unseen_perturbation": {"n_folds": 3}}, "progress": False}
+
+
+class Probe(vc.baselines.TrainingMean):
+    """The training mean, which appends ``split|fold|seed|pid`` to the file ``log`` on every fit, and kills its own
+    process (the worker's) on the fit of the cell named in ``log + ".victim"`` the first time, taking that file."""
+
+    def __init__(self, log: str = "", split: str = "", fold: str = "", seed: int = 0):
+        self.log = log
+        self.split = split
+        self.fold = fold
+        self.seed = seed
+
+    def select(self, split: str, fold: str) -> Probe:
+        """Bound to a split fold by vc.benchmark.run, so the fit knows its cell."""
+        return Probe(log=self.log, split=split, fold=fold, seed=self.seed)
+
+    def fit(self, train):
+        cell = f"{self.split}|{self.fold}|{self.seed}"
+        with open(self.log, "a") as f:
+            f.write(f"{cell}|{os.getpid()}\n")
+        victim = Path(self.log + ".victim")
+        if victim.exists() and victim.read_text() == cell:
+            try:
+                victim.unlink()  # only one fit takes it
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().fit(train)
+
+
+def _fits(log: Path) -> list[tuple[str, int]]:
+    """(cell, pid) of every fit, in order."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(line.rsplit("|", 1)[0], int(line.rsplit("|", 1)[1])) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def screen():
+    return vc.loaders.simulate(n_contexts=2, n_perturbations=6, n_combinations=0, n_genes=40, cells_per_condition=10,
+                               control_cells=20, seed=3)
+
+
+@pytest.fixture
+def client():
+    """A LocalCluster of two worker processes (one thread each), closed after the test."""
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    try:
+        with distributed.Client(cluster) as c:
+            yield c
+    finally:
+        cluster.close()
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two results folders hold the same cells (scores byte for byte, predictions equal) and the same tables."""
+    for name in ("run_index.csv", "identical_models.csv", "skipped.csv", "splits.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    scores = sorted(p.name for p in (a / "cells").glob("*.csv"))
+    assert scores == sorted(p.name for p in (b / "cells").glob("*.csv"))
+    for name in scores:
+        assert (a / "cells" / name).read_bytes() == (b / "cells" / name).read_bytes(), name
+    pa, pb = vc.benchmark.load_predictions(a), vc.benchmark.load_predictions(b)
+    assert list(pa.obs_names) == list(pb.obs_names)
+    assert (pa.X == pb.X).all()
+    pd.testing.assert_frame_equal(pa.uns["scored_against"], pb.uns["scored_against"])
+
+
+def _same_table(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    for key in ("skipped", "notes"):
+        assert a.attrs[key] == b.attrs[key], key
+    pd.testing.assert_frame_equal(a.attrs["identical"], b.attrs["identical"])
+
+
+def test_a_worker_killed_mid_grid_redoes_only_its_cell(screen, client, tmp_path):
+    log = tmp_path / "fits.log"
+    models = {"probe": Probe(log=str(log)), "training_mean": vc.baselines.TrainingMean()}
+    serial = vc.benchmark.run(screen, models=models, results_dir=tmp_path / "serial", **OPTIONS)
+    cells = [c for c, _ in _fits(log)]
+    assert len(cells) == len(set(cells)) == 5  # 3 folds of unseen_perturbation, 2 of unseen_context
+    log.unlink()
+
+    victim = "unseen_context|C1|0"  # the 4th of the 5 probe cells in grid order
+    Path(str(log) + ".victim").write_text(victim)
+    table = vc.benchmark.run(screen, models=models, results_dir=tmp_path / "grid", client=client, **OPTIONS)
+
+    fits = _fits(log)
+    per_cell = Counter(c for c, _ in fits)
+    assert per_cell == {c: 2 if c == victim else 1 for c in cells}  # the killed cell redone, no other twice
+    killed_pid = next(pid for c, pid in fits if c == victim)
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed_pid, 0)  # that worker process is gone
+    assert [pid for c, pid in fits if c == victim][1] != killed_pid  # redone by another process
+    before_kill = [c for c, _ in fits[:[c for c, _ in fits].index(victim)]]
+    assert before_kill  # cells finished before the kill were not fitted again (each once above)
+    assert not Path(str(log) + ".victim").exists()
+    assert not list((tmp_path / "grid" / "cells").glob("*.tmp"))
+    _same_table(table, serial)
+    _same_run(tmp_path / "serial", tmp_path / "grid")
+
+
+def test_cells_in_the_cache_are_read_not_recomputed_on_the_cluster(screen, client, tmp_path):
+    log = tmp_path / "fits.log"
+    models = {"probe": Probe(log=str(log)), "training_mean": vc.baselines.TrainingMean()}
+    first = vc.benchmark.run(screen, models=models, results_dir=tmp_path / "run", **OPTIONS)
+    index = pd.read_csv(tmp_path / "run" / "run_index.csv", dtype={"fold": str})
+    gone = index[index["model"] == "probe"].iloc[[1, 3]]
+    for name in gone["scores"]:
+        (tmp_path / "run" / "cells" / name).unlink()  # as if the run had stopped before these two cells
+    log.unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "cells").glob("*.csv")}
+
+    again = vc.benchmark.run(screen, models=models, results_dir=tmp_path / "run", client=client, **OPTIONS)
+
+    assert sorted(c for c, _ in _fits(log)) == sorted(f"{r.split}|{r.fold}|{r.seed}" for r in gone.itertuples())
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # the finished cells were not rewritten
+    _same_table(again, first)
+
+
+def test_without_results_dir_the_cluster_gives_the_serial_table(screen, client):
+    models = ["training_mean", "linear"]
+    _same_table(vc.benchmark.run(screen, models=models, client=client, seeds=[0, 1], **OPTIONS),
+                vc.benchmark.run(screen, models=models, seeds=[0, 1], **OPTIONS))
+
+
+def test_client_must_be_a_distributed_client(screen):
+    with pytest.raises(VclibInputError, match="client= takes a distributed.Client .* got str"):
+        vc.benchmark.run(screen, models=["training_mean"], client="tcp://127.0.0.1:8786", **OPTIONS)
+
+
+def test_the_serial_grid_never_needs_dask(tmp_path):
+    """client=None runs the grid and loads its predictions with dask and distributed unimportable."""
+    code = f"""
+import sys
+import vclib as vc
+assert "distributed" not in sys.modules, "import vclib imported distributed"
+sys.modules["dask"] = sys.modules["distributed"] = None  # importing them now raises ImportError
+adata = vc.loaders.simulate(n_contexts=2, n_perturbations=4, n_genes=30, cells_per_condition=8)
+vc.benchmark.run(adata, models=["training_mean"], metrics=["mse_delta"], progress=False, results_dir={str(tmp_path)!r})
+print("ok", vc.benchmark.load_predictions({str(tmp_path)!r}, model="training_mean").n_obs > 0)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok True"
