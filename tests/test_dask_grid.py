@@ -144,6 +144,33 @@ def test_cells_in_the_cache_are_read_not_recomputed_on_the_cluster(screen, clien
     _same_table(again, first)
 
 
+class Failing(vc.baselines.TrainingMean):
+    """The training mean, except on the split fold ``fold``, where fit raises."""
+
+    def __init__(self, fold: str = "", bound: str = ""):
+        self.fold = fold
+        self.bound = bound
+
+    def select(self, split: str, fold: str) -> Failing:
+        return Failing(fold=self.fold, bound=fold)
+
+    def fit(self, train):
+        if self.bound == self.fold:
+            raise VclibInputError(f"cannot fit on fold {self.bound}")
+        return super().fit(train)
+
+
+def test_an_error_in_a_cell_is_raised_and_the_finished_cells_kept(screen, client, tmp_path):
+    models = {"failing": Failing(fold="C2"), "training_mean": vc.baselines.TrainingMean()}
+    options = {**OPTIONS, "splits": ["unseen_context"], "include_ceiling": False}
+    with pytest.raises(VclibInputError, match="cannot fit on fold C2"):
+        vc.benchmark.run(screen, models=models, results_dir=tmp_path, client=client, **options)
+    # (model, fold) of the cells written: the grid's third cell failed, so one of the first two was finished
+    finished = {tuple(p.name.split("__")[0:3:2]) for p in (tmp_path / "cells").glob("*.csv")}
+    assert finished and ("failing", "C2") not in finished
+    assert finished <= {("failing", "C1"), ("training_mean", "C1"), ("training_mean", "C2")}
+
+
 def test_without_results_dir_the_cluster_gives_the_serial_table(screen, client):
     models = ["training_mean", "linear"]
     _same_table(vc.benchmark.run(screen, models=models, client=client, seeds=[0, 1], **OPTIONS),
