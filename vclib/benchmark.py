@@ -6,7 +6,9 @@ version, model settings and, for external predictions, the content of the predic
 settings; the content of the observed data and of a supplied observed DE). A re-run with the same inputs reads
 finished cells instead of recomputing them, an interrupted run resumes where it stopped, and cells computed from
 other inputs are never mixed into the result. Scores are written with round-trip float formatting, so a re-run
-from the cache is bit-identical to the first.
+from the cache is bit-identical to the first. With a ``distributed.Client`` (``run(..., client=...)``) each cell is
+one task on a cluster and these files are the only state the tasks share; :func:`load_predictions` reads the cells
+it is asked for, not the whole grid.
 """
 
 from __future__ import annotations
