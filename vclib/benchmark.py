@@ -198,10 +198,10 @@ def _on_cluster(client, obs: Observed, cells: list[dict], common: dict, *, cells
                 "client the finished cells are written by the workers, so results_dir must be on a filesystem "
                 "every worker mounts at the same path.")
     shared = client.scatter(obs, broadcast=True, hash=False)
-    futures = [client.submit(_cell, shared, **cell, **common, pure=False,
+    futures = [client.submit(_cell, shared, **cell, **common, pure=False, priority=len(cells) - i,  # grid order
                              key=f"vclib-cell-{cell['name']}-{cell['split']}-{cell['fold']}-seed{cell['seed']}-"
                                  f"{_cell_key({**cell['settings'], 'path': str(cell['path'])})}")
-               for cell in cells]
+               for i, cell in enumerate(cells)]
     position = {future.key: i for i, future in enumerate(futures)}
     out: list = [None] * len(futures)
     try:
