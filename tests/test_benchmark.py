@@ -303,6 +303,72 @@ def test_run_rejects_unknown_names(data):
         vc.benchmark.run(adata, models=["cpa"], progress=False)
 
 
+@pytest.fixture(scope="module")
+def saved_run(data, tmp_path_factory):
+    """A finished run on disk: two splits, two seeds, two models and the ceiling."""
+    adata, _ = data
+    folder = tmp_path_factory.mktemp("saved") / "run"
+    vc.benchmark.run(adata, splits=["unseen_perturbation", "unseen_context"], models=["no_change", "linear"],
+                     metrics=["mse_delta"], seeds=[0, 1], split_options={"unseen_perturbation": {"n_folds": 2}},
+                     progress=False, results_dir=folder)
+    return folder
+
+
+@pytest.mark.parametrize("filters", [{"model": "linear"}, {"model": ["ceiling", "no_change"], "seed": 1},
+                                     {"split": "unseen_context", "fold": "C2"}, {"split": "unseen_perturbation",
+                                                                                "fold": 0, "seed": [0]}])
+def test_load_predictions_reads_only_the_chosen_cells(saved_run, monkeypatch, filters):
+    full = vc.benchmark.load_predictions(saved_run)
+    index = pd.read_csv(saved_run / "run_index.csv", dtype={"fold": str})
+    chosen = index.copy()
+    for key, values in filters.items():
+        values = values if isinstance(values, list) else [values]
+        chosen = chosen[chosen[key].astype(str).isin([str(v) for v in values])]
+    assert 0 < len(chosen) < len(index)
+    opened = []
+    real = ad.read_h5ad
+    monkeypatch.setattr(ad, "read_h5ad", lambda path, *a, **k: opened.append(path.name) or real(path, *a, **k))
+    part = vc.benchmark.load_predictions(saved_run, **filters)
+    assert sorted(opened) == sorted(chosen["predictions"])  # the chosen cells' files, each once, and no other
+    # the same rows as the whole grid's load, values and labels
+    keys = list(zip(chosen["model"], chosen["split"], chosen["fold"], chosen["seed"], strict=True))
+    rows = full.obs_names[[k in set(keys) for k in zip(full.obs["model"], full.obs["split"], full.obs["fold"],
+                                                      full.obs["seed"], strict=True)]]
+    assert list(part.obs_names) == list(rows)
+    np.testing.assert_array_equal(part.X, full[rows].X)
+    pd.testing.assert_frame_equal(part.obs, full.obs.loc[rows])
+    if "ceiling" in set(chosen["model"]):
+        ceiling_rows = [r for r in rows if r.startswith("ceiling|")]
+        pd.testing.assert_frame_equal(part.uns["scored_against"], full.uns["scored_against"].loc[ceiling_rows])
+    else:
+        assert "scored_against" not in part.uns
+
+
+def test_load_predictions_needs_only_the_chosen_files(saved_run, tmp_path):
+    """Cells of other models may be gone (e.g. not yet copied from a cluster): a filtered load does not notice."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(saved_run, copy)
+    for path in (copy / "cells").glob("*.h5ad"):
+        if not path.name.startswith("linear__"):
+            path.unlink()
+    linear = vc.benchmark.load_predictions(copy, model="linear")
+    assert set(linear.obs["model"]) == {"linear"} and linear.n_obs > 0
+    with pytest.raises(FileNotFoundError):
+        vc.benchmark.load_predictions(copy)
+
+
+def test_load_predictions_filter_matching_nothing_says_what_the_run_has(saved_run):
+    with pytest.raises(VclibInputError, match="has no model 'mlp'; its models: ceiling, no_change, linear"):
+        vc.benchmark.load_predictions(saved_run, model="mlp")
+    with pytest.raises(VclibInputError, match="has no seed 7; its seeds: 0, 1"):
+        vc.benchmark.load_predictions(saved_run, seed=7)
+    with pytest.raises(VclibInputError, match=r"no cell of the run .* has split='unseen_perturbation', fold='C1'; "
+                                              r"its \(split, fold, seed\): \(unseen_perturbation, 0, 0\)"):
+        vc.benchmark.load_predictions(saved_run, split="unseen_perturbation", fold="C1")
+
+
 def test_best_models_by_hand():
     rng = np.random.default_rng(0)
     perts = [f"p{i}" for i in range(40)]

@@ -229,6 +229,9 @@ def test_readme_block_group_runs_as_written(group, user_folder):
         assert {"linear", "training_mean", "ceiling"} <= set(namespace["summary"]["model"])
         assert set(namespace["capacity"]["width"]) == {2, 16, 128}
         assert (user_folder / "results" / "my_benchmark" / "run_index.csv").exists()
+        assert (user_folder / "results" / "grid" / "run_index.csv").exists()  # the grid run on the LocalCluster
+        assert set(namespace["linear"].obs["model"]) == {"linear"} and {"linear", "ceiling"} <= set(
+            namespace["grid"]["model"])
         assert {"my_model", "linear"} <= set(namespace["scores"]["model"])  # the fold protocol's answers, scored
     if group == "conda":
         installed = user_folder / "conda-env" / "share" / "jupyter" / "lab" / "settings" / "overrides.d" / "vclib.json"

@@ -6,7 +6,9 @@ version, model settings and, for external predictions, the content of the predic
 settings; the content of the observed data and of a supplied observed DE). A re-run with the same inputs reads
 finished cells instead of recomputing them, an interrupted run resumes where it stopped, and cells computed from
 other inputs are never mixed into the result. Scores are written with round-trip float formatting, so a re-run
-from the cache is bit-identical to the first.
+from the cache is bit-identical to the first. With a ``distributed.Client`` (``run(..., client=...)``) each cell is
+one task on a cluster and these files are the only state the tasks share; :func:`load_predictions` reads the cells
+it is asked for, not the whole grid.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 
 import anndata as ad
@@ -127,14 +130,88 @@ def read_scores(path: str | Path) -> pd.DataFrame:
 
 
 def _write_atomic(frame: pd.DataFrame, predicted: ad.AnnData, path: Path, settings: dict) -> None:
-    """Write a finished cell: predictions first, the scores last, each renamed into place only when complete."""
-    path.with_suffix(".json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
-    tmp = path.with_suffix(".h5ad.tmp")
-    predicted.write_h5ad(tmp)
-    os.replace(tmp, path.with_suffix(".h5ad"))
-    tmp = path.with_suffix(".csv.tmp")
-    _write_scores(frame, tmp)
-    os.replace(tmp, path)
+    """Write a finished cell: settings, then predictions, the scores last, each renamed into place only when
+    complete. Temporary names are unique per writer, so two tasks finishing the same cell (a task re-run while a
+    worker thought dead still runs it) each rename a whole file into place."""
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for suffix, write in ((".json", lambda tmp: tmp.write_text(json.dumps(settings, indent=1, sort_keys=True,
+                                                                          default=str))),
+                          (".h5ad", predicted.write_h5ad),
+                          (".csv", lambda tmp: _write_scores(frame, tmp))):
+        tmp = path.parent / f"{path.stem}.{token}{suffix}.tmp"
+        write(tmp)
+        os.replace(tmp, path.with_suffix(suffix))
+
+
+def _cell(obs: Observed, *, model, name: str, table: pd.DataFrame, split: str, fold, seed: int, path: Path | None,
+          settings: dict, metrics, evaluate_options: dict, wants_de: bool) -> tuple[pd.DataFrame, ad.AnnData, str]:
+    """One grid cell, read from ``path`` when it is finished there, otherwise scored and written there atomically:
+    (scores, predicted deltas, note). A cell is finished when its scores (written last) and predictions exist. The
+    serial and the distributed grid both run this, so the files are the only shared state: a task re-run after its
+    worker died reads the cell instead of computing it again."""
+    if path is not None and path.exists() and path.with_suffix(".h5ad").exists():
+        note = json.loads(path.with_suffix(".json").read_text()).get("note", "")
+        return read_scores(path), ad.read_h5ad(path.with_suffix(".h5ad")), note
+    frame, predicted, note = _score_cell(obs, model, name, table, split, fold, seed, metrics, evaluate_options,
+                                         wants_de)
+    if path is not None:
+        _write_atomic(frame, predicted, path, {**settings, "note": note})
+    return frame, predicted, note
+
+
+def _check_client(client):
+    """The ``distributed`` module, once ``client`` is known to be one of its clients."""
+    try:
+        import distributed
+    except ImportError:
+        raise VclibInputError("client= needs dask's distributed scheduler: pip install 'vclib[dask]'.") from None
+    if not isinstance(client, distributed.Client):
+        raise VclibInputError(f"client= takes a distributed.Client (e.g. Client(LocalCluster()) or your cluster's), "
+                              f"got {type(client).__name__}; pass client=None to run the grid here.")
+    return distributed
+
+
+def _on_cluster(client, obs: Observed, cells: list[dict], common: dict, *, cells_dir: Path | None,
+                include_ceiling: bool, progress: bool) -> list[tuple]:
+    """Every grid cell as one task on ``client``'s cluster; the results in grid order.
+
+    What every cell needs of the observed data (pseudobulk, DE, the ceiling's halves) is computed here once and
+    sent to every worker once, so no worker recomputes it. A task lost with its worker is rescheduled by the
+    scheduler (up to dask's ``distributed.scheduler.allowed-failures`` times, then ``KilledWorker``); a re-run
+    task finds its cell finished in ``cells_dir`` if it was. On an error the remaining tasks are cancelled (the
+    finished cells stay in ``cells_dir``) and the error is raised.
+    """
+    distributed = _check_client(client)
+    if not obs.not_applicable:
+        obs.pseudobulk  # noqa: B018 (computed on first use, then kept and sent with obs)
+        if common["wants_de"]:
+            obs.de  # noqa: B018
+        for seed in sorted({cell["seed"] for cell in cells}) if include_ceiling else ():
+            for half in obs.halves(seed):
+                if common["wants_de"]:
+                    half.de  # noqa: B018
+    if cells_dir is not None:
+        blind = sorted(str(w) for w, seen in client.run(os.path.isdir, str(cells_dir)).items() if not seen)
+        if blind:
+            raise VclibInputError(
+                f"results_dir {str(cells_dir.parent)!r} is not visible from worker(s) {', '.join(blind)}: with a "
+                "client the finished cells are written by the workers, so results_dir must be on a filesystem "
+                "every worker mounts at the same path.")
+    shared = client.scatter(obs, broadcast=True, hash=False)
+    futures = [client.submit(_cell, shared, **cell, **common, pure=False, priority=len(cells) - i,  # grid order
+                             key=f"vclib-cell-{cell['name']}-{cell['split']}-{cell['fold']}-seed{cell['seed']}-"
+                                 f"{_cell_key({**cell['settings'], 'path': str(cell['path'])})}")
+               for i, cell in enumerate(cells)]
+    position = {future.key: i for i, future in enumerate(futures)}
+    out: list = [None] * len(futures)
+    try:
+        for future in tqdm(distributed.as_completed(futures), total=len(futures), desc="benchmark",
+                           disable=not progress):
+            out[position[future.key]] = future.result()
+            future.release()
+    finally:
+        client.cancel([*futures, shared])
+    return out
 
 
 def split_tables(
@@ -229,6 +306,7 @@ def run(
     include_ceiling: bool = True,
     observed_de=None,
     progress: bool = True,
+    client=None,
 ) -> pd.DataFrame:
     """Score every model on every split fold and seed: the tidy table of :func:`vclib.metrics.evaluate`.
 
@@ -252,7 +330,7 @@ def run(
         Seeds of the splits and models.
     results_dir
         Folder for the finished cells (resume and no double work), the split tables used (``splits.csv``) and
-        the run's notes. None: keep nothing on disk.
+        the run's notes. None: keep nothing on disk. With ``client=``, a folder every worker sees at the same path.
     split_options
         Options per split name, e.g. ``{"unseen_perturbation": {"n_folds": 3}}``.
     evaluate_options
@@ -263,6 +341,15 @@ def run(
         :func:`vclib.metrics.rank_genes` of ``data`` if already computed (otherwise computed once here).
     progress
         Show a progress bar over the grid.
+    client
+        A ``distributed.Client`` (``pip install "vclib[dask]"``): each (model, split fold, seed) cell becomes one
+        task on its cluster, and the results are identical to those of ``client=None`` (the grid run here, one cell
+        after another). The observed data and what every cell needs of it (pseudobulk, DE, the ceiling's halves)
+        are computed here once and sent to each worker once. The finished cells in ``results_dir`` are the only
+        state the tasks share: a cell finished earlier is read, not recomputed, and when a worker dies its
+        running cell is redone on another worker while a cell it had finished is read back from its files. Give
+        ``results_dir=`` with a client: without it a finished cell whose result was lost with its worker is
+        computed again (same result, double work) and an interrupted grid starts over.
 
     Returns
     -------
@@ -281,6 +368,8 @@ def run(
     >>> sorted(table["model"].unique())
     ['ceiling', 'linear', 'no_change']
     """
+    if client is not None:
+        _check_client(client)
     models = _models(models)
     metrics = check_metrics(metrics) if metrics is not None else None
     evaluate_options = dict(evaluate_options or {})
@@ -311,7 +400,7 @@ def run(
         return scores
     data_hash = obs.fingerprint
     de_hash = _de_hash(observed_de) if observed_de is not None else None
-    cells_dir = Path(results_dir) / "cells" if results_dir is not None else None
+    cells_dir = Path(results_dir).absolute() / "cells" if results_dir is not None else None  # as workers see it
     if cells_dir is not None:
         cells_dir.mkdir(parents=True, exist_ok=True)
 
@@ -322,8 +411,8 @@ def run(
             names = ([CEILING] if include_ceiling else []) + list(models)
             grid += [(name, fold_table, split, fold, int(seed)) for name in names]
 
-    results, index, predictions, said = [], [], {}, []
-    for name, table, split, fold, seed in tqdm(grid, desc="benchmark", disable=not progress):
+    cells = []
+    for name, table, split, fold, seed in grid:
         model = None if name == CEILING else _bind(models[name], split, fold)
         settings = {"vclib_version": __version__, "data": data_hash, "observed_de": de_hash, "model": name,
                     "estimator": _describe(model) if model is not None else "noise ceiling (both halves saved)",
@@ -334,16 +423,19 @@ def run(
         if cells_dir is not None:
             safe = _splits.safe_name(f"{name}__{split}__{fold}__seed{seed}")
             path = cells_dir / f"{safe}__{_cell_key(settings)}.csv"
-            if path.exists() and path.with_suffix(".h5ad").exists():
-                frame, predicted = read_scores(path), ad.read_h5ad(path.with_suffix(".h5ad"))
-                note = json.loads(path.with_suffix(".json").read_text()).get("note", "")
-            else:
-                frame, predicted, note = _score_cell(obs, model, name, table, split, fold, seed, metrics,
-                                                     evaluate_options, wants_de)
-                _write_atomic(frame, predicted, path, {**settings, "note": note})
-        else:
-            frame, predicted, note = _score_cell(obs, model, name, table, split, fold, seed, metrics,
-                                                 evaluate_options, wants_de)
+        cells.append({"model": model, "name": name, "table": table, "split": split, "fold": fold, "seed": seed,
+                      "path": path, "settings": settings})
+    common = {"metrics": metrics, "evaluate_options": evaluate_options, "wants_de": wants_de}
+    if client is None:
+        done = (_cell(obs, **cell, **common) for cell in cells)
+        done = tqdm(done, total=len(cells), desc="benchmark", disable=not progress)
+    else:
+        done = _on_cluster(client, obs, cells, common, cells_dir=cells_dir, include_ceiling=include_ceiling,
+                           progress=progress)
+
+    results, index, predictions, said = [], [], {}, []
+    for cell, (frame, predicted, note) in zip(cells, done, strict=True):
+        name, split, fold, seed, path = (cell[k] for k in ("name", "split", "fold", "seed", "path"))
         if note:
             said.append((frame.empty, name, split, str(fold), seed, note))
         if path is not None:
@@ -568,25 +660,80 @@ def merge_identical(table: pd.DataFrame, identical: pd.DataFrame) -> pd.DataFram
     return out[~drop].reset_index(drop=True)
 
 
-def load_predictions(results_dir: str | Path) -> ad.AnnData:
+def load_predictions(
+    results_dir: str | Path,
+    *,
+    model: str | list[str] | None = None,
+    split: str | list[str] | None = None,
+    fold: str | list[str] | None = None,
+    seed: int | list[int] | None = None,
+) -> ad.AnnData:
     """The predicted deltas of the last :func:`run` into ``results_dir``, one row per (cell of the grid,
-    condition), with obs ``model``, ``split``, ``fold``, ``seed``, ``context``, ``perturbation``.
+    condition), with obs ``model``, ``split``, ``fold``, ``seed``, ``context``, ``perturbation``; optionally only
+    the cells of some models, splits, folds or seeds, read on demand.
 
     Predicted deltas are the prediction minus the control it was built on (the ceiling's: one half of the
     observed cells minus that half's control). Notebook 03 reads them instead of re-running the benchmark.
     ``uns["scored_against"]`` holds, for the ceiling's rows, the delta of the other half it was scored against
     (rows named as the predictions; see :func:`vclib.failures.scored_against`).
+
+    Parameters
+    ----------
+    results_dir
+        The ``results_dir`` of :func:`run`.
+    model, split, fold, seed
+        Keep only the grid cells with this value (or one of these values); None: every value. Each grid cell is
+        one file, and only the files of the cells kept are read, so one model's predictions of a large grid cost
+        that model's files only.
+
+    Returns
+    -------
+    AnnData of predicted deltas (float32), rows named ``model|split|fold|seed|context|perturbation``; the rows of
+    the chosen cells equal the same rows of the unfiltered result. Empty (no rows, no genes) when no split
+    applied to the data; a filter that matches no cell of the run is an error naming the values the run has.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import vclib as vc
+    >>> adata = vc.loaders.simulate(n_contexts=2, n_perturbations=8, n_genes=60, cells_per_condition=20)
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = vc.benchmark.run(adata, splits=["unseen_context"], models=["no_change", "linear"],
+    ...                      metrics=["mse_delta"], results_dir=folder, progress=False)
+    >>> linear = vc.benchmark.load_predictions(folder, model="linear")
+    >>> sorted(linear.obs["model"].unique()), sorted(linear.obs["fold"].unique())
+    (['linear'], ['C1', 'C2'])
     """
     results_dir = Path(results_dir)
     if not (results_dir / INDEX_FILE).exists():
         raise VclibInputError(f"{str(results_dir)!r} holds no benchmark run ({INDEX_FILE} missing); run "
                               "vc.benchmark.run(..., results_dir=...) or notebook 02 first.")
     index = pd.read_csv(results_dir / INDEX_FILE, dtype={"fold": str, "split": str, "model": str})
+    wanted = {"model": model, "split": split, "fold": fold, "seed": seed}
+    keep = np.ones(len(index), dtype=bool)
+    for key, values in wanted.items():
+        if values is None:
+            continue
+        values = [values] if isinstance(values, str | int | np.integer) else list(values)
+        values = [int(v) for v in values] if key == "seed" else [str(v) for v in values]
+        present = list(dict.fromkeys(index[key]))
+        unknown = [v for v in values if v not in set(present)]
+        if unknown and len(index):
+            raise VclibInputError(f"the run in {str(results_dir)!r} has no {key} {', '.join(map(repr, unknown))}; "
+                                  f"its {key}s: {', '.join(map(str, present))}.")
+        keep &= index[key].isin(values).to_numpy()
+    if len(index) and not keep.any():
+        asked = ", ".join(f"{k}={v!r}" for k, v in wanted.items() if v is not None)
+        cells = index[["model", "split", "fold", "seed"]].drop_duplicates(subset=["split", "fold", "seed"])
+        raise VclibInputError(f"no cell of the run in {str(results_dir)!r} has {asked}; its (split, fold, seed): "
+                              + ", ".join(f"({r.split}, {r.fold}, {r.seed})" for r in cells.itertuples()) + ".")
+    index = index[keep]
     parts, against = [], []
     for row in index.itertuples(index=False):
         part = ad.read_h5ad(results_dir / "cells" / row.predictions)
         if part.n_obs == 0:
             continue
+        part.obs = part.obs.astype({CONTEXT_KEY: str, PERTURBATION_KEY: str})  # whichever cells are read together
         for key in ("model", "split", "fold", "seed"):
             part.obs[key] = getattr(row, key)
         part.obs_names = [f"{row.model}|{row.split}|{row.fold}|{row.seed}|{n}" for n in part.obs_names]
