@@ -17,6 +17,7 @@ folder is deleted at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def numba_threads() -> int:
     return numba.get_num_threads()
 
 
-def main(n_cells: int, chunks: int, memory_limit: str, *, compare: bool = False) -> None:
+def main(n_cells: int, chunks: int, memory_limit: str, *, compare: bool = False, distances: bool = True) -> None:
     import distributed
 
     import vclib as vc
@@ -123,34 +124,38 @@ def main(n_cells: int, chunks: int, memory_limit: str, *, compare: bool = False)
             start = time.perf_counter()
             de = vc.metrics.rank_genes(adata)
             times["rank_genes (Wilcoxon)"] = time.perf_counter() - start
-            start = time.perf_counter()
-            distances = vc.coverage.control_distances(adata)
-            times["control_distances"] = time.perf_counter() - start
+            table = None
+            if distances:
+                start = time.perf_counter()
+                table = vc.coverage.control_distances(adata)
+                times["control_distances"] = time.perf_counter() - start
             peaks = client.run(_peak_gb)
         if compare:  # the in-memory path on the same file, in this process
             start = time.perf_counter()
             memory = vc.loaders.read(path)
             pb_memory, de_memory = vc.pseudobulk.pseudobulk(memory), vc.metrics.rank_genes(memory)
             elapsed = time.perf_counter() - start
-            start = time.perf_counter()
-            distances_memory = vc.coverage.control_distances(memory)
-            elapsed_distances = time.perf_counter() - start
+            differences = [f"pseudobulk {np.abs(pb_memory.X - pb.X).max():.1e}"] + [
+                f"{k} {np.nanmax(np.abs(getattr(de_memory, k) - getattr(de, k))):.1e}" for k in ("lfc", "pvalue", "fdr")]
+            elapsed_distances = 0.0
+            if table is not None:
+                start = time.perf_counter()
+                table_memory = vc.coverage.control_distances(memory)
+                elapsed_distances = time.perf_counter() - start
+                differences += [f"{k} {np.abs(table_memory[k] - table[k]).max():.1e}"
+                                for k in ("edistance", "correlation_distance")]
             print(f"  in memory (one process, {numba_threads()} numba threads): {elapsed + elapsed_distances:.1f} s "
-                  f"(control_distances {elapsed_distances:.1f} s); "
-                  f"max |in memory - dask|: pseudobulk {np.abs(pb_memory.X - pb.X).max():.1e}, "
-                  + ", ".join(f"{k} {np.nanmax(np.abs(getattr(de_memory, k) - getattr(de, k))):.1e}"
-                              for k in ("lfc", "pvalue", "fdr")) + ", "
-                  + ", ".join(f"{k} {np.abs(distances_memory[k] - distances[k]).max():.1e}"
-                              for k in ("edistance", "correlation_distance")))
+                  f"(control_distances {elapsed_distances:.1f} s); max |in memory - dask|: " + ", ".join(differences))
             del memory
         for step, seconds in times.items():
             print(f"  {step:<24} {seconds:7.1f} s")
         print(f"  {'total':<24} {sum(times.values()):7.1f} s  ({n_cells / sum(times.values()):,.0f} cells/s; "
-              f"{pb.n_obs:,} conditions, DE {de.pvalue.shape[0]:,} x {de.pvalue.shape[1]:,}, "
-              f"PCA of {(adata.obs['perturbation'] == 'control').sum():,} control cells for {len(distances)} context "
-              "pairs)")
+              f"{pb.n_obs:,} conditions, DE {de.pvalue.shape[0]:,} x {de.pvalue.shape[1]:,}"
+              + (f", PCA of {(adata.obs['perturbation'] == 'control').sum():,} control cells for {len(table)} context "
+                 "pairs)" if table is not None else ")"))
         print(f"  peak resident memory per worker (limit {memory_limit}): "
               + ", ".join(f"{gb:.2f} GB" for gb in peaks.values()) + f"; client {_peak_gb():.2f} GB")
+        print(f"  machine load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
@@ -159,5 +164,6 @@ if __name__ == "__main__":
     parser.add_argument("--chunks", type=int, default=20_000, help="cells per dask chunk")
     parser.add_argument("--memory-limit", default="3GB", help="per worker")
     parser.add_argument("--compare", action="store_true", help="also run the in-memory path and print the differences")
+    parser.add_argument("--no-distances", action="store_true", help="skip control_distances (pseudobulk and DE only)")
     args = parser.parse_args()
-    main(args.cells, args.chunks, args.memory_limit, compare=args.compare)
+    main(args.cells, args.chunks, args.memory_limit, compare=args.compare, distances=not args.no_distances)
