@@ -136,7 +136,8 @@ def main(n_cells: int, chunks: int, memory_limit: str, *, compare: bool = False,
             pb_memory, de_memory = vc.pseudobulk.pseudobulk(memory), vc.metrics.rank_genes(memory)
             elapsed = time.perf_counter() - start
             differences = [f"pseudobulk {np.abs(pb_memory.X - pb.X).max():.1e}"] + [
-                f"{k} {np.nanmax(np.abs(getattr(de_memory, k) - getattr(de, k))):.1e}" for k in ("lfc", "pvalue", "fdr")]
+                f"{k} {np.nanmax(np.abs(getattr(de_memory, k) - getattr(de, k))):.1e}"
+                for k in ("lfc", "pvalue", "fdr")]
             elapsed_distances = 0.0
             if table is not None:
                 start = time.perf_counter()

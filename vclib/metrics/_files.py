@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 
 from vclib import __version__
 from vclib import pseudobulk as pbk
-from vclib.metrics._evaluate import CELL_EVAL, EVALUATE_DEFAULTS, SCORING_DEFAULTS, Observed, _Evaluation
+from vclib.metrics._evaluate import (
+    CELL_EVAL,
+    EVALUATE_DEFAULTS,
+    SCORING_DEFAULTS,
+    Observed,
+    _Evaluation,
+    _ordinary_pages,
+)
 from vclib.metrics._summary import CEILING, aggregate, beyond_ceiling, calibrate, ceiling, predict_control
 from vclib.report import COLUMNS as NOTE_COLUMNS
 from vclib.report import SKIPPED_FILE
@@ -606,19 +613,20 @@ def evaluate_files(
         later = sum(len([s for s in b.stages if s != "DE of the observed cells"]) for b in base_jobs)
         stages.plan(len(job.stages) + later + bool(ceiling_names) + 3)
 
-        scores = _ordered(job.run(stage=lambda s: stages("metrics of the prediction" if s == "metrics" else s)))
-        base_scores = pd.DataFrame(columns=_SCORE_COLUMNS)
-        if base_jobs:
-            base_scores = pd.concat([b.run(stage=lambda s: stages(f"baseline {base_name}: {s}")) for b in base_jobs],
-                                    ignore_index=True)
-            order = pd.Categorical(base_scores["metric"], categories=job.metrics, ordered=True)
-            base_scores = _ordered(base_scores.iloc[np.argsort(order.codes, kind="stable")].reset_index(drop=True))
-        ceil_scores = pd.DataFrame(columns=_SCORE_COLUMNS)
-        if ceiling_names:
-            stages("noise ceiling (split halves: DE and metrics)")
-            scoring = {k: resolved[k] for k in SCORING_DEFAULTS if k not in ("predicted_control", "epsilon")}
-            ceil_scores = _ordered(ceiling(obs, seed=seed, conditions=ceiling_names, metrics=job.metrics,
-                                           epsilon=obs.epsilon, de_options=obs.de_options, **scoring))
+        with _ordinary_pages():  # the scoring, as in evaluate()
+            scores = _ordered(job.run(stage=lambda s: stages("metrics of the prediction" if s == "metrics" else s)))
+            base_scores = pd.DataFrame(columns=_SCORE_COLUMNS)
+            if base_jobs:
+                base_scores = pd.concat([b.run(stage=lambda s: stages(f"baseline {base_name}: {s}"))
+                                         for b in base_jobs], ignore_index=True)
+                order = pd.Categorical(base_scores["metric"], categories=job.metrics, ordered=True)
+                base_scores = _ordered(base_scores.iloc[np.argsort(order.codes, kind="stable")].reset_index(drop=True))
+            ceil_scores = pd.DataFrame(columns=_SCORE_COLUMNS)
+            if ceiling_names:
+                stages("noise ceiling (split halves: DE and metrics)")
+                scoring = {k: resolved[k] for k in SCORING_DEFAULTS if k not in ("predicted_control", "epsilon")}
+                ceil_scores = _ordered(ceiling(obs, seed=seed, conditions=ceiling_names, metrics=job.metrics,
+                                               epsilon=obs.epsilon, de_options=obs.de_options, **scoring))
         stages("bootstrap CIs")
         combined = pd.concat([t for t in (scores, base_scores, ceil_scores) if len(t)], ignore_index=True)
         summary = aggregate(combined, by=("model", "metric"), n_boot=n_boot, seed=seed)
