@@ -70,7 +70,8 @@ def write_store(path: Path, n_cells: int) -> int:
     with h5py.File(path, "w") as f:
         for start in range(0, n_cells, WRITE_ROWS):
             chunk = pool[pick[start : start + WRITE_ROWS]]
-            if start == 0:
+            if start == 0:  # 64-bit indices: past 2**31 stored values (~10 M cells) 32-bit ones overflow
+                chunk.indptr, chunk.indices = chunk.indptr.astype(np.int64), chunk.indices.astype(np.int64)
                 ad.io.write_elem(f, "X", chunk)
             else:
                 ad.io.sparse_dataset(f["X"]).append(chunk)
