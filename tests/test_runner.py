@@ -55,7 +55,8 @@ def test_resume_needs_same_parameters(tmp_path):
 @pytest.mark.notebooks
 def test_interrupted_run_resumes(tmp_path):
     run_dir = tmp_path / "r"
-    small = {**FAST, "MODELS": ["no_change", "training_mean"], "SPLITS": ["unseen_context"]}  # the resume is tested
+    small = {**FAST, "MODELS": ["no_change", "training_mean"], "SPLITS": ["unseen_context"],
+             "CAPACITY_WIDTHS": [16]}  # the resume is tested, not the science
     runner.run(parameters=small, results_dir=tmp_path, name="r", html=False)
     first = sorted(runner.notebooks())[0].name
     shutil.move(run_dir / first, tmp_path / "kept.ipynb")  # as if the run stopped before it finished

@@ -19,9 +19,10 @@ from vclib.report import SKIPPED_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real-data"
-# quick settings: fewer folds and models than a real run (the MLP's training is the slow part), the same code paths
+# quick settings: fewer folds, models and MLP widths than a real run (the MLP's training is the slow part, the
+# narrowest network's most of all: it rarely converges before max_iter), the same code paths
 QUICK = ["-p", "N_FOLDS", "2", "-p", "MODELS", "['no_change', 'training_mean', 'perturbation_mean', 'linear']",
-         "-p", "MODEL", "linear"]
+         "-p", "MODEL", "linear", "-p", "CAPACITY_WIDTHS", "[16, 128]"]
 REAL_SHAPES = ["kang_muscat", "kang_distinct", "glioblastoma", "norman+mcfaline", "norman_k562", "mcfaline",
                "signatures"]  # every folder, and the named shapes; the script runs more
 
