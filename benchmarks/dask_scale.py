@@ -11,7 +11,7 @@ memory (VmHWM). ``--compare`` also runs the in-memory path on the same file and 
 folder is deleted at the end.
 
     python benchmarks/dask_scale.py                      # 1 M cells
-    python benchmarks/dask_scale.py --cells 10000000     # 10 M cells
+    python benchmarks/dask_scale.py --cells 10000000 --no-distances   # 10 M cells: a 27 GB file, ~20 min
 """
 
 from __future__ import annotations
