@@ -159,8 +159,8 @@ def _cell(obs: Observed, *, model, name: str, table: pd.DataFrame, split: str, f
     return frame, predicted, note
 
 
-def _check_client(client):
-    """The ``distributed`` module, once ``client`` is known to be one of its clients."""
+def _check_client(client) -> None:
+    """Refuse a ``client`` that is not a ``distributed.Client`` (before any work is done)."""
     try:
         import distributed
     except ImportError:
@@ -168,7 +168,6 @@ def _check_client(client):
     if not isinstance(client, distributed.Client):
         raise VclibInputError(f"client= takes a distributed.Client (e.g. Client(LocalCluster()) or your cluster's), "
                               f"got {type(client).__name__}; pass client=None to run the grid here.")
-    return distributed
 
 
 def _on_cluster(client, obs: Observed, cells: list[dict], common: dict, *, cells_dir: Path | None,
@@ -181,7 +180,8 @@ def _on_cluster(client, obs: Observed, cells: list[dict], common: dict, *, cells
     task finds its cell finished in ``cells_dir`` if it was. On an error the remaining tasks are cancelled (the
     finished cells stay in ``cells_dir``) and the error is raised.
     """
-    distributed = _check_client(client)
+    import distributed  # run() checked the client first
+
     if not obs.not_applicable:
         obs.pseudobulk  # noqa: B018 (computed on first use, then kept and sent with obs)
         if common["wants_de"]:
